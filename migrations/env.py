@@ -1,0 +1,55 @@
+"""Alembic environment: runs migrations on the recorder's engine, or on a URL from alembic.ini."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import Engine
+
+from recorder import db
+from recorder.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _engine() -> Engine:
+    engine = config.attributes.get("engine")
+    if engine is not None:
+        return engine
+    # Run as `alembic ...` from the source tree: the URL from alembic.ini, else the default.
+    return db.create(db.resolve_url(config.get_main_option("sqlalchemy.url") or None))
+
+
+def run_migrations_offline() -> None:
+    """Emit SQL instead of running it (`alembic upgrade --sql`)."""
+    context.configure(
+        url=db.resolve_url(config.get_main_option("sqlalchemy.url") or None),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        render_as_batch=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    """Run the migrations on a live connection, in one transaction."""
+    engine = _engine()
+    with engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            # SQLite cannot ALTER most things: batch mode copies the table instead.
+            render_as_batch=True,
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    if "engine" not in config.attributes:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

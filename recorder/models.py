@@ -1,0 +1,189 @@
+"""The database schema: SQLAlchemy 2 models, the single source the migrations are checked against.
+
+Tables (see docs/schema.md):
+
+* ``targets``: each polled URL; several targets share one database.
+* ``polls``: one row per poll, successful or not. A poll that changed nothing writes only this.
+* ``jobs``: one row per job id and target, with its inferred start, end and duration.
+* ``transitions``: appeared / vanished / reappeared, each with the poll that saw it.
+* ``observations``: what the list said about a job, written when it first appears and whenever
+  it shows something the stored state does not predict; with ``polls.server_time`` and the
+  transitions, every past list can be rebuilt exactly.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only makes an INTEGER PRIMARY KEY an alias of the rowid (cheap and auto-increment).
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime: ``timestamptz`` on PostgreSQL, a fixed-width text on SQLite.
+
+    SQLite keeps ``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC, which sorts and compares correctly
+    as text; values always come back timezone-aware in UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Normalize to UTC; refuse naive datetimes, whose zone would be a guess."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        """Return an aware UTC datetime."""
+        if value is None:
+            return None
+        if isinstance(value, str):  # raw text, e.g. from a view or a hand-written row
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+class Base(DeclarativeBase):
+    """Declarative base whose constraints have the same names on every backend."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Target(Base):
+    """A polled URL."""
+
+    __tablename__ = "targets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(String, unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Poll(Base):
+    """One request to a target and how it ended."""
+
+    __tablename__ = "polls"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    target_id: Mapped[int] = mapped_column(ForeignKey("targets.id"))
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    latency_s: Mapped[float] = mapped_column(Double)
+    outcome: Mapped[str] = mapped_column(String(16))
+    http_status: Mapped[int | None] = mapped_column(SmallInteger)
+    item_count: Mapped[int | None] = mapped_column(Integer)
+    # Values the parser dropped (unparseable fields, items without an id, merged duplicates).
+    dropped_values: Mapped[int | None] = mapped_column(Integer)
+    # The server's clock when it took the list (epoch seconds): predicts every `elapsed`.
+    server_time: Mapped[float | None] = mapped_column(Double)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_polls_target_sent", "target_id", "sent_at"),
+        Index("ix_polls_target_outcome_id", "target_id", "outcome", "id"),
+    )
+
+
+class Job(Base):
+    """One job of one target: what it is and when it ran, as inferred."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    target_id: Mapped[int] = mapped_column(ForeignKey("targets.id"))
+    api_id: Mapped[str] = mapped_column(String)
+    type: Mapped[str | None] = mapped_column(String)
+    account: Mapped[str | None] = mapped_column(String)
+    user_id: Mapped[str | None] = mapped_column(String)
+    reply_url: Mapped[str | None] = mapped_column(Text)
+    reply_ref: Mapped[str | None] = mapped_column(Text)
+    started_raw: Mapped[str | None] = mapped_column(String)
+    elapsed_origin: Mapped[float | None] = mapped_column(Double)
+    status: Mapped[str] = mapped_column(String(8))
+    first_poll_id: Mapped[int] = mapped_column(ForeignKey("polls.id"))
+    last_poll_id: Mapped[int | None] = mapped_column(ForeignKey("polls.id"))
+    start_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    start_min: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    start_max: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    start_source: Mapped[str] = mapped_column(String(8))
+    end_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    end_min: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    end_max: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    duration_s: Mapped[float | None] = mapped_column(Double)
+    duration_min_s: Mapped[float | None] = mapped_column(Double)
+    duration_max_s: Mapped[float | None] = mapped_column(Double)
+    closed_across_gap: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (
+        UniqueConstraint("target_id", "api_id", name="uq_jobs_target_api_id"),
+        Index("ix_jobs_target_status", "target_id", "status"),
+        Index("ix_jobs_start_at", "start_at"),
+        Index("ix_jobs_end_at", "end_at"),
+    )
+
+
+class Transition(Base):
+    """A job appearing, vanishing or reappearing, at the poll that saw it."""
+
+    __tablename__ = "transitions"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    poll_id: Mapped[int] = mapped_column(ForeignKey("polls.id"))
+    kind: Mapped[str] = mapped_column(String(12))
+
+    __table_args__ = (
+        Index("ix_transitions_job_poll", "job_id", "poll_id"),
+        Index("ix_transitions_poll", "poll_id"),
+    )
+
+
+class Observation(Base):
+    """What a poll's list said about a job, when the stored state did not predict it."""
+
+    __tablename__ = "observations"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    poll_id: Mapped[int] = mapped_column(ForeignKey("polls.id"))
+    type: Mapped[str | None] = mapped_column(String)
+    started_raw: Mapped[str | None] = mapped_column(String)
+    reply_url: Mapped[str | None] = mapped_column(Text)
+    reply_ref: Mapped[str | None] = mapped_column(Text)
+    elapsed_s: Mapped[int | None] = mapped_column(Integer)
+    elapsed_origin: Mapped[float | None] = mapped_column(Double)
+
+    __table_args__ = (Index("ix_observations_job_poll", "job_id", "poll_id"),)

@@ -1,0 +1,365 @@
+"""Writing polls and their inferred changes to the database, and reading state back.
+
+Each poll is one transaction: its row, and the rows for whatever it changed. A poll that
+changed nothing inserts exactly one row, whatever the number of jobs in flight.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, insert, select, update
+
+from recorder.inference import (
+    Bounded,
+    Closed,
+    ItemState,
+    JobState,
+    Offset,
+    PollTime,
+    StartSource,
+    StepResult,
+    TargetState,
+)
+from recorder.models import Job, Observation, Poll, Target, Transition
+from recorder.snapshot import Item, Outcome, PollResult, Snapshot
+
+RUNNING = "running"
+FINISHED = "finished"
+APPEARED, VANISHED, REAPPEARED = "appeared", "vanished", "reappeared"
+# Keeps IN (...) lists well under every backend's limit on bound parameters.
+_CHUNK = 500
+
+
+def to_datetime(ts: float) -> datetime:
+    """Epoch seconds to an aware UTC datetime."""
+    return datetime.fromtimestamp(ts, tz=UTC)
+
+
+def to_timestamp(value: datetime) -> float:
+    """An aware datetime to epoch seconds."""
+    return value.timestamp()
+
+
+def _maybe_dt(ts: float | None) -> datetime | None:
+    return None if ts is None else to_datetime(ts)
+
+
+def _maybe_ts(value: datetime | None) -> float | None:
+    return None if value is None else to_timestamp(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A target's inference state as the database holds it."""
+
+    state: TargetState
+    last_ok_poll_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ListedItem:
+    """An item of a past list, rebuilt from the tables."""
+
+    api_id: str
+    type: str | None
+    started_raw: str | None
+    elapsed_s: int | None
+    reply_url: str | None
+    reply_ref: str | None
+
+
+class Store:
+    """The recorder's database, seen as polls, jobs and their changes."""
+
+    def __init__(self, engine: Engine) -> None:
+        """Wrap an engine whose schema is up to date."""
+        self.engine = engine
+
+    def target(self, url: str, now: float) -> int:
+        """The id of the target for `url`, created at `now` if new."""
+        with self.engine.begin() as conn:
+            found = conn.scalar(select(Target.id).where(Target.url == url))
+            if found is not None:
+                return found
+            inserted = conn.execute(
+                insert(Target).values(url=url, created_at=to_datetime(now)).returning(Target.id)
+            )
+            return int(inserted.scalar_one())
+
+    def load(self, target_id: int) -> Loaded:
+        """The state the last recorded poll of this target left."""
+        with self.engine.connect() as conn:
+            open_jobs = {
+                row.api_id: _job_state(row)
+                for row in conn.execute(
+                    _job_state_query().where(Job.target_id == target_id, Job.status == RUNNING)
+                )
+            }
+            last_ok = conn.execute(
+                select(Poll.id, Poll.sent_at, Poll.received_at, Poll.server_time)
+                .where(Poll.target_id == target_id, Poll.outcome == Outcome.OK.value)
+                .order_by(Poll.id.desc())
+                .limit(1)
+            ).first()
+            if last_ok is None:
+                return Loaded(TargetState(open_jobs=open_jobs), None)
+            failures = conn.scalar(
+                select(func.count())
+                .select_from(Poll)
+                .where(Poll.target_id == target_id, Poll.id > last_ok.id)
+            )
+        timing = PollTime(to_timestamp(last_ok.sent_at), to_timestamp(last_ok.received_at))
+        offset = None
+        if last_ok.server_time is not None:
+            # The error of the stored estimate is not kept; one second more than the poll's
+            # own spread is a safe bound for `started` truncated to seconds.
+            spread = (timing.received_at - timing.sent_at) / 2
+            offset = Offset(last_ok.server_time - timing.mid, 1.0 + spread)
+        state = TargetState(open_jobs, timing, int(failures or 0), offset)
+        return Loaded(state, last_ok.id)
+
+    def closed_jobs(self, target_id: int, api_ids: Iterable[str]) -> dict[str, JobState]:
+        """The stored state of the finished jobs among `api_ids`."""
+        found: dict[str, JobState] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(list(api_ids)):
+                query = _job_state_query().where(
+                    Job.target_id == target_id, Job.status == FINISHED, Job.api_id.in_(chunk)
+                )
+                found.update((row.api_id, _job_state(row)) for row in conn.execute(query))
+        return found
+
+    def record(
+        self, target_id: int, result: PollResult, change: StepResult, last_ok_poll_id: int | None
+    ) -> int:
+        """Write one poll and everything it changed, in one transaction; returns the poll id."""
+        with self.engine.begin() as conn:
+            poll_id = _insert_poll(conn, target_id, result, change.server_time)
+            if change.changed:
+                _write_changes(conn, target_id, poll_id, result, change, last_ok_poll_id)
+        return poll_id
+
+    def listing_at(self, poll_id: int) -> list[ListedItem]:
+        """Rebuild the list that a past successful poll saw, from the stored changes."""
+        with self.engine.connect() as conn:
+            poll = conn.execute(
+                select(Poll.target_id, Poll.outcome, Poll.server_time).where(Poll.id == poll_id)
+            ).one()
+            if poll.outcome != Outcome.OK.value:
+                raise ValueError(f"poll {poll_id} failed; it saw no list")
+            listed = conn.execute(_listed_jobs_query(poll.target_id, poll_id)).all()
+            return [_rebuild(conn, row.id, row.api_id, poll_id, poll.server_time) for row in listed]
+
+
+def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]
+
+
+def _job_state_query() -> Any:
+    return select(
+        Job.api_id,
+        Job.start_at,
+        Job.start_min,
+        Job.start_max,
+        Job.start_source,
+        Job.type,
+        Job.started_raw,
+        Job.reply_url,
+        Job.reply_ref,
+        Job.elapsed_origin,
+    )
+
+
+def _job_state(row: Any) -> JobState:
+    start = Bounded(to_timestamp(row.start_at), _maybe_ts(row.start_min), _maybe_ts(row.start_max))
+    item = ItemState(row.type, row.started_raw, row.reply_url, row.reply_ref, row.elapsed_origin)
+    return JobState(row.api_id, start, StartSource(row.start_source), item)
+
+
+def _insert_poll(
+    conn: Connection, target_id: int, result: PollResult, server_time: float | None
+) -> int:
+    answer = result.answer
+    values: dict[str, Any] = {
+        "target_id": target_id,
+        "sent_at": to_datetime(result.sent_at),
+        "received_at": to_datetime(result.received_at),
+        "latency_s": result.received_at - result.sent_at,
+        "http_status": result.http_status,
+    }
+    if isinstance(answer, Snapshot):
+        dropped = answer.invalid_values + answer.untracked + answer.duplicates
+        values |= {
+            "outcome": Outcome.OK.value,
+            "item_count": len(answer.items),
+            "dropped_values": dropped or None,
+            "server_time": server_time,
+        }
+    else:
+        values |= {"outcome": answer.outcome.value, "error": answer.message}
+    return int(conn.execute(insert(Poll).values(**values).returning(Poll.id)).scalar_one())
+
+
+def _write_changes(
+    conn: Connection,
+    target_id: int,
+    poll_id: int,
+    result: PollResult,
+    change: StepResult,
+    last_ok_poll_id: int | None,
+) -> None:
+    assert isinstance(result.answer, Snapshot)
+    job_ids = _insert_opened(conn, target_id, poll_id, change)
+    touched = [e.job.api_id for e in change.reopened] + [e.api_id for e in change.observed]
+    touched += [e.api_id for e in change.closed]
+    job_ids |= _job_ids(conn, target_id, (i for i in touched if i not in job_ids))
+
+    transitions = [{"job_id": job_ids[e.job.api_id], "kind": APPEARED} for e in change.opened]
+    for reopened in change.reopened:
+        job_id = job_ids[reopened.job.api_id]
+        conn.execute(update(Job).where(Job.id == job_id).values(**_REOPEN))
+        transitions.append({"job_id": job_id, "kind": REAPPEARED})
+    for closed in change.closed:
+        job_id = job_ids[closed.api_id]
+        conn.execute(update(Job).where(Job.id == job_id).values(**_close(closed, last_ok_poll_id)))
+        transitions.append({"job_id": job_id, "kind": VANISHED})
+    if transitions:
+        conn.execute(insert(Transition), [t | {"poll_id": poll_id} for t in transitions])
+
+    observations = []
+    opened = {e.job.api_id for e in change.opened}
+    for observed in change.observed:
+        job_id = job_ids[observed.api_id]
+        state = _item_columns(observed.item)
+        if observed.api_id not in opened:  # a new job's row already holds its state
+            conn.execute(update(Job).where(Job.id == job_id).values(**state))
+        observations.append(
+            state | {"job_id": job_id, "poll_id": poll_id, "elapsed_s": observed.elapsed_s}
+        )
+    if observations:
+        conn.execute(insert(Observation), observations)
+
+
+_REOPEN: dict[str, Any] = {
+    "status": RUNNING,
+    "last_poll_id": None,
+    "end_at": None,
+    "end_min": None,
+    "end_max": None,
+    "duration_s": None,
+    "duration_min_s": None,
+    "duration_max_s": None,
+    "closed_across_gap": False,
+}
+
+
+def _close(event: Closed, last_ok_poll_id: int | None) -> dict[str, Any]:
+    return {
+        "status": FINISHED,
+        "last_poll_id": last_ok_poll_id,
+        "end_at": to_datetime(event.end.at),
+        "end_min": _maybe_dt(event.end.lo),
+        "end_max": _maybe_dt(event.end.hi),
+        "duration_s": event.duration.at,
+        "duration_min_s": event.duration.lo,
+        "duration_max_s": event.duration.hi,
+        "closed_across_gap": event.across_gap,
+    }
+
+
+def _item_columns(item: ItemState) -> dict[str, Any]:
+    return {
+        "type": item.type,
+        "started_raw": item.started_raw,
+        "reply_url": item.reply_url,
+        "reply_ref": item.reply_ref,
+        "elapsed_origin": item.elapsed_origin,
+    }
+
+
+def _insert_opened(
+    conn: Connection, target_id: int, poll_id: int, change: StepResult
+) -> dict[str, int]:
+    if not change.opened:
+        return {}
+    rows = [_opened_row(target_id, poll_id, e.job, e.item) for e in change.opened]
+    inserted = conn.execute(
+        insert(Job).returning(Job.id, Job.api_id, sort_by_parameter_order=True), rows
+    )
+    return {row.api_id: row.id for row in inserted}
+
+
+def _opened_row(target_id: int, poll_id: int, job: JobState, item: Item) -> dict[str, Any]:
+    return _item_columns(job.item) | {
+        "target_id": target_id,
+        "api_id": job.api_id,
+        "account": item.account,
+        "user_id": item.user_id,
+        "status": RUNNING,
+        "first_poll_id": poll_id,
+        "start_at": to_datetime(job.start.at),
+        "start_min": _maybe_dt(job.start.lo),
+        "start_max": _maybe_dt(job.start.hi),
+        "start_source": job.start_source.value,
+        "closed_across_gap": False,
+    }
+
+
+def _job_ids(conn: Connection, target_id: int, api_ids: Iterable[str]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for chunk in _chunks(sorted(set(api_ids))):
+        query = select(Job.api_id, Job.id).where(Job.target_id == target_id, Job.api_id.in_(chunk))
+        found.update((row.api_id, row.id) for row in conn.execute(query))
+    return found
+
+
+def _listed_jobs_query(target_id: int, poll_id: int) -> Any:
+    latest = (
+        select(Transition.job_id, func.max(Transition.poll_id).label("poll_id"))
+        .join(Job, Job.id == Transition.job_id)
+        .where(Job.target_id == target_id, Transition.poll_id <= poll_id)
+        .group_by(Transition.job_id)
+        .subquery()
+    )
+    return (
+        select(Job.id, Job.api_id)
+        .join(latest, latest.c.job_id == Job.id)
+        .join(
+            Transition,
+            (Transition.job_id == latest.c.job_id) & (Transition.poll_id == latest.c.poll_id),
+        )
+        .where(Transition.kind != VANISHED)
+        .order_by(Job.id)
+    )
+
+
+def _rebuild(
+    conn: Connection, job_id: int, api_id: str, poll_id: int, server_time: float | None
+) -> ListedItem:
+    obs = conn.execute(
+        select(
+            Observation.poll_id,
+            Observation.type,
+            Observation.started_raw,
+            Observation.reply_url,
+            Observation.reply_ref,
+            Observation.elapsed_s,
+            Observation.elapsed_origin,
+        )
+        .where(Observation.job_id == job_id, Observation.poll_id <= poll_id)
+        .order_by(Observation.poll_id.desc(), Observation.id.desc())
+        .limit(1)
+    ).one()
+    if obs.poll_id == poll_id:
+        elapsed = obs.elapsed_s
+    elif obs.elapsed_origin is None or server_time is None:
+        elapsed = None
+    else:
+        elapsed = math.floor(server_time - obs.elapsed_origin)
+    return ListedItem(api_id, obs.type, obs.started_raw, elapsed, obs.reply_url, obs.reply_ref)
