@@ -1,0 +1,192 @@
+"""The recording daemon: an APScheduler loop that polls, records, backs off and logs changes."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import FrameType
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy.exc import SQLAlchemyError
+
+from recorder.db import one_line
+from recorder.inference import Closed, Opened, Reopened
+from recorder.output import human_duration
+from recorder.pipeline import Pipeline, Recorded
+from recorder.snapshot import Failure, Outcome
+
+log = logging.getLogger("recorder")
+
+# Longest pause after repeated 429/5xx answers; a Retry-After is honoured up to RETRY_AFTER_CAP_S.
+MAX_BACKOFF_S = 120.0
+RETRY_AFTER_CAP_S = 3600.0
+_BACKOFF_OUTCOMES = frozenset({Outcome.RATE_LIMITED, Outcome.SERVER})
+_LOUD_OUTCOMES = frozenset({Outcome.AUTH, Outcome.PAYMENT})
+
+
+def gap_threshold(interval: float) -> float:
+    """Silence between successful polls longer than this is a gap in the record."""
+    return max(3 * interval, interval + 5.0)
+
+
+@dataclass
+class Health:
+    """Whether polls and writes succeed, to log only when that changes."""
+
+    failing: str | None = None  # the failure kind, or None when healthy
+    failures: int = 0
+    since: float = 0.0
+
+
+class Daemon:
+    """Polls one target on an interval until told to stop."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        interval: float,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        on_poll: Callable[[Recorded | None], None] | None = None,
+    ) -> None:
+        """Prepare to poll every `interval` seconds; `on_poll` sees each tick's outcome."""
+        if interval <= 0:
+            raise ValueError("the interval must be positive")
+        self.pipeline = pipeline
+        self.interval = interval
+        self.monotonic = monotonic
+        self.on_poll = on_poll
+        self.health = Health()
+        self.polls = 0
+        self._not_before = 0.0
+        self._backoff_level = 0
+        self._scheduler: BlockingScheduler | None = None
+
+    def tick(self) -> Recorded | None:
+        """One scheduled run: poll and record, unless backing off. Never raises."""
+        if self.monotonic() < self._not_before:
+            return None
+        recorded: Recorded | None = None
+        try:
+            recorded = self.pipeline.poll_once()
+        except SQLAlchemyError as exc:
+            self._set_health("database", f"cannot write to the database: {one_line(exc)}")
+        else:
+            self.polls += 1
+            self._log_changes(recorded)
+            self._after(recorded)
+        if self.on_poll is not None:
+            self.on_poll(recorded)
+        return recorded
+
+    def _after(self, recorded: Recorded) -> None:
+        answer = recorded.result.answer
+        if isinstance(answer, Failure):
+            self._set_health(
+                answer.outcome.value, answer.message, loud=answer.outcome in _LOUD_OUTCOMES
+            )
+            if answer.outcome in _BACKOFF_OUTCOMES:
+                self._back_off(answer.retry_after_s)
+            return
+        self._backoff_level = 0
+        self._set_health(None, "")
+
+    def _back_off(self, retry_after: float | None) -> None:
+        self._backoff_level += 1
+        if retry_after is not None:
+            pause = min(max(retry_after, 0.0), RETRY_AFTER_CAP_S)
+        else:
+            pause = min(self.interval * 2 ** (self._backoff_level - 1), MAX_BACKOFF_S)
+        # The next tick at or after this instant polls; ticks before it are skipped.
+        self._not_before = self.monotonic() + pause - self.interval * 0.5
+        if pause > self.interval:
+            log.info("backing off: next poll in %s", human_duration(pause))
+
+    def _set_health(self, failing: str | None, message: str, *, loud: bool = False) -> None:
+        health = self.health
+        if failing is None:
+            if health.failing is not None:
+                log.info(
+                    "recovered after %d failed poll(s) over %s",
+                    health.failures,
+                    human_duration(self.monotonic() - health.since),
+                )
+            self.health = Health()
+            return
+        if health.failing != failing:
+            level = logging.ERROR if loud else logging.WARNING
+            log.log(level, "failing (%s): %s", failing, message)
+            since = health.since if health.failing else self.monotonic()
+            self.health = Health(failing, health.failures + 1, since)
+        else:
+            health.failures += 1
+
+    def _log_changes(self, recorded: Recorded) -> None:
+        change = recorded.change
+        for opened in change.opened:
+            log.info("appeared   %s", _describe_opened(opened))
+        for reopened in change.reopened:
+            log.info("reappeared %s (its earlier end is withdrawn)", _describe_reopened(reopened))
+        for closed in change.closed:
+            log.info("vanished   %s", _describe_closed(closed))
+
+    def run(self, stop_after: float | None = None) -> None:
+        """Poll until SIGINT or SIGTERM (or `stop_after` seconds); the poll in flight finishes."""
+        scheduler = BlockingScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=1)}, timezone=UTC
+        )
+        scheduler.add_job(
+            self.tick,
+            IntervalTrigger(seconds=self.interval, timezone=UTC),
+            id="poll",
+            next_run_time=datetime.now(UTC),
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=max(1, int(self.interval)),
+        )
+        self._scheduler = scheduler
+
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("stopping (%s): finishing the poll in flight", signal.Signals(signum).name)
+            if scheduler.running:
+                scheduler.shutdown(wait=True)
+
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        if stop_after is not None:
+            previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, stop)
+            signal.setitimer(signal.ITIMER_REAL, stop_after)
+        try:
+            scheduler.start()
+        finally:
+            if stop_after is not None:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._scheduler = None
+
+
+def _describe_opened(event: Opened) -> str:
+    job, item = event.job, event.item
+    parts = [job.api_id, f"type={item.type or '?'}"]
+    if item.account:
+        parts.append(f"account={item.account}")
+    parts.append(f"start from {job.start_source.value}")
+    return " ".join(parts)
+
+
+def _describe_reopened(event: Reopened) -> str:
+    return event.job.api_id
+
+
+def _describe_closed(event: Closed) -> str:
+    duration = event.duration
+    low = human_duration(duration.lo)
+    high = human_duration(duration.hi) if duration.hi is not None else "?"
+    text = f"{event.api_id} after {human_duration(duration.at)} ({low}..{high})"
+    return text + (" across a gap in the polls" if event.across_gap else "")

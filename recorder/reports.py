@@ -1,0 +1,111 @@
+"""Reading the recorded history back: job listings (and, later, statistics)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import aliased
+
+from recorder.models import Job, Poll, Target
+from recorder.output import human_duration
+from recorder.snapshot import Outcome
+
+# The JSON contract of `recorder jobs`: scripts rely on these names.
+JOB_FIELDS = (
+    "id",
+    "type",
+    "account",
+    "user_id",
+    "status",
+    "started_at",
+    "start_min",
+    "start_max",
+    "start_source",
+    "ended_at",
+    "end_min",
+    "end_max",
+    "duration_s",
+    "duration_min_s",
+    "duration_max_s",
+    "closed_across_gap",
+    "first_seen_at",
+    "last_seen_at",
+    "target",
+)
+TABLE_COLUMNS = ("id", "type", "account", "status", "started_at", "duration", "bounds", "gap")
+
+
+@dataclass(frozen=True, slots=True)
+class JobQuery:
+    """Which jobs to list, and in what order."""
+
+    limit: int | None = None
+    newest_first: bool = False
+
+
+def jobs(engine: Engine, query: JobQuery = JobQuery()) -> Iterator[dict[str, Any]]:
+    """Every matching job as a dict with the JOB_FIELDS keys, streamed."""
+    first, last = aliased(Poll), aliased(Poll)
+    latest_ok = (
+        select(Poll.target_id, func.max(Poll.id).label("poll_id"))
+        .where(Poll.outcome == Outcome.OK.value)
+        .group_by(Poll.target_id)
+        .subquery()
+    )
+    latest = aliased(Poll)
+    stmt = (
+        select(
+            Job.api_id.label("id"),
+            Job.type,
+            Job.account,
+            Job.user_id,
+            Job.status,
+            Job.start_at.label("started_at"),
+            Job.start_min,
+            Job.start_max,
+            Job.start_source,
+            Job.end_at.label("ended_at"),
+            Job.end_min,
+            Job.end_max,
+            Job.duration_s,
+            Job.duration_min_s,
+            Job.duration_max_s,
+            Job.closed_across_gap,
+            first.received_at.label("first_seen_at"),
+            # While a job runs, the last poll that listed it is the latest successful one.
+            func.coalesce(last.received_at, latest.received_at).label("last_seen_at"),
+            Target.url.label("target"),
+        )
+        .join(Target, Target.id == Job.target_id)
+        .join(first, first.id == Job.first_poll_id)
+        .outerjoin(last, last.id == Job.last_poll_id)
+        .outerjoin(latest_ok, latest_ok.c.target_id == Job.target_id)
+        .outerjoin(latest, latest.id == latest_ok.c.poll_id)
+        .order_by(Job.start_at.desc() if query.newest_first else Job.start_at, Job.id)
+    )
+    if query.limit is not None:
+        stmt = stmt.limit(query.limit)
+    with engine.connect() as conn:
+        for row in conn.execution_options(yield_per=1000).execute(stmt):
+            yield dict(row._mapping)
+
+
+def table_row(job: dict[str, Any]) -> dict[str, Any]:
+    """A job as the human-readable table shows it."""
+    low, high = job["duration_min_s"], job["duration_max_s"]
+    bounds = ""
+    if job["status"] == "finished":
+        bounds = f"{human_duration(low)}..{human_duration(high) if high is not None else '?'}"
+    return {
+        "id": job["id"],
+        "type": job["type"] or "",
+        "account": job["account"] or "",
+        "status": job["status"],
+        "started_at": job["started_at"],
+        "duration": human_duration(job["duration_s"]),
+        "bounds": bounds,
+        "gap": "yes" if job["closed_across_gap"] else "",
+    }
