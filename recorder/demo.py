@@ -83,9 +83,8 @@ def _summarize(sim: Simulator, engine: Engine, out: IO[str]) -> None:
     out.write(
         "\nPolls by outcome: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) + "\n"
     )
-    out.write(
-        f"Jobs recorded: {len(jobs)} ({len(finished)} finished, {len(jobs) - len(finished)} running)\n\n"
-    )
+    running = len(jobs) - len(finished)
+    out.write(f"Jobs recorded: {len(jobs)} ({len(finished)} finished, {running} running)\n\n")
     out.write("Most recent jobs:\n")
     recent = sorted(jobs, key=lambda j: j["started_at"])[-10:]
     render((reports.table_row(j) for j in recent), "table", out, reports.TABLE_COLUMNS)

@@ -1,0 +1,399 @@
+"""HTTP client for one scheduler endpoint: one GET per poll, every outcome classified.
+
+poll() never raises for anything the network or the server does; it returns a PollResult
+whose answer is a Snapshot or a Failure. Failure messages are one line and never contain
+the token.
+
+Decisions worth knowing:
+
+* Redirects are not followed: a 3xx is an HTTP_ERROR naming the Location, so the token is
+  never sent anywhere but the configured URL.
+* A body cut short (connection closed before Content-Length or the last chunk) is NETWORK:
+  the transport failed, the payload itself was not shown to be malformed.
+* Besides the per-read timeout, the whole body must arrive within the read timeout after
+  the headers; this is checked between chunks, so a server trickling bytes is cut off at
+  most one read timeout late.
+* Retry-After is honoured on 429 and 503; an HTTP-date is measured against the server's
+  Date header when present (immune to our clock skew), else against our wall clock.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import re
+import time
+import unicodedata
+import urllib.parse
+from collections.abc import Callable
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from http import HTTPStatus
+from types import TracebackType
+from typing import Final, Self
+
+import requests
+import urllib3.exceptions
+from requests.structures import CaseInsensitiveDict
+
+from recorder import __version__
+from recorder.parse import PayloadError, parse_body
+from recorder.secret import Secret
+from recorder.snapshot import Failure, Outcome, PollResult, Snapshot
+
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_TIMEOUT",
+    "SchedulerClient",
+    "check_url",
+    "parse_retry_after",
+]
+
+DEFAULT_TIMEOUT: Final = (5.0, 20.0)
+DEFAULT_MAX_BODY_BYTES: Final = 32 * 1024 * 1024
+
+_CHUNK_BYTES: Final = 16 * 1024
+# Only the `error` excerpt is needed from a failed answer; no reason to hold more.
+_ERROR_BODY_BYTES: Final = 64 * 1024
+_EXCERPT_CHARS: Final = 200
+_RETRY_AFTER_STATUSES: Final = frozenset({429, 503})
+_RETRY_SECONDS_RE: Final = re.compile(r"[0-9]{1,10}(?:\.[0-9]{1,6})?")
+_CONTENT_LENGTH_RE: Final = re.compile(r"[0-9]{1,20}")
+# urllib3 prefixes reasons with "<HTTPConnection object at 0x...>: ", noise in a log line.
+_OBJECT_REPR_RE: Final = re.compile(r"<[^<>]*>:\s*")
+_TRANSPORT_ERRORS: Final = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
+
+Clock = Callable[[], float]
+
+
+class _Abort(Exception):
+    """Carries a Failure out of a nested read."""
+
+    def __init__(self, outcome: Outcome, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.message = message
+
+
+class SchedulerClient:
+    """Polls one scheduler URL over a single requests.Session."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | Secret | None,
+        *,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        wall_clock: Clock = time.time,
+        monotonic: Clock = time.monotonic,
+        session: requests.Session | None = None,
+    ) -> None:
+        """Create a client; a session passed in stays owned by the caller and is not closed."""
+        _check_timeout(timeout)
+        if max_body_bytes <= 0:
+            raise ValueError("max_body_bytes must be positive")
+        self._url = url
+        self._token = _make_secret(token)
+        self._timeout = (float(timeout[0]), float(timeout[1]))
+        self._max_body_bytes = max_body_bytes
+        self._wall_clock = wall_clock
+        self._monotonic = monotonic
+        self._owns_session = session is None
+        self._session = requests.Session() if session is None else session
+
+    @property
+    def url(self) -> str:
+        """The polled URL."""
+        return self._url
+
+    def __repr__(self) -> str:
+        """Show the URL only, never the token."""
+        return f"SchedulerClient(url={self._url!r})"
+
+    def __enter__(self) -> Self:
+        """Return self."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the client."""
+        self.close()
+
+    def close(self) -> None:
+        """Close the session if this client created it."""
+        if self._owns_session:
+            self._session.close()
+
+    def poll(self) -> PollResult:
+        """GET the URL once and classify what happened."""
+        sent_at = self._wall_clock()
+        start = self._monotonic()
+        status, answer = self._exchange()
+        # Latency from the monotonic clock: a wall-clock step mid-poll cannot make it negative.
+        received_at = sent_at + max(0.0, self._monotonic() - start)
+        return PollResult(sent_at, received_at, status, answer)
+
+    def _exchange(self) -> tuple[int | None, Snapshot | Failure]:
+        try:
+            response = self._session.get(
+                self._url,
+                headers=self._headers(),
+                timeout=self._timeout,
+                stream=True,
+                allow_redirects=False,
+            )
+        except _TRANSPORT_ERRORS as exc:
+            return None, self._failure(*self._classify_exception(exc))
+        with response:
+            return response.status_code, self._answer(response)
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"User-Agent": f"recorder/{__version__}", "Accept": "application/json"}
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token.reveal()}"
+        return headers
+
+    def _answer(self, response: requests.Response) -> Snapshot | Failure:
+        if 200 <= response.status_code < 300:
+            return self._success(response)
+        return self._status_failure(response)
+
+    def _success(self, response: requests.Response) -> Snapshot | Failure:
+        try:
+            body = self._read(response, self._max_body_bytes)
+        except _Abort as abort:
+            return self._failure(abort.outcome, abort.message)
+        try:
+            return parse_body(body)
+        except PayloadError as exc:
+            message = f"HTTP {response.status_code}: {exc}{self._excerpt_suffix(body)}"
+            return self._failure(Outcome.BAD_PAYLOAD, message)
+
+    def _status_failure(self, response: requests.Response) -> Failure:
+        status = response.status_code
+        try:
+            body = self._read(response, _ERROR_BODY_BYTES)
+        except _Abort:
+            body = b""  # the status alone classifies the failure
+        retry_after = None
+        if status in _RETRY_AFTER_STATUSES:
+            retry_after = parse_retry_after(
+                response.headers.get("Retry-After"), now=self._server_now(response.headers)
+            )
+        message = _status_line(status)
+        if retry_after is not None:
+            message += f" (retry after {retry_after:g} s)"
+        if 300 <= status < 400 and "Location" in response.headers:
+            message += f" to {self._clip(response.headers['Location'])}"
+        message += self._excerpt_suffix(body)
+        return self._failure(_status_outcome(status), message, retry_after)
+
+    def _read(self, response: requests.Response, limit: int) -> bytes:
+        declared = _content_length(response.headers)
+        if declared is not None and declared > limit:
+            raise _Abort(Outcome.BAD_PAYLOAD, f"answer larger than {limit} bytes")
+        # Real time, not the injected clock: this guards against a trickling server.
+        deadline = time.monotonic() + self._timeout[1]
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in response.iter_content(_CHUNK_BYTES):
+                size += len(chunk)
+                if size > limit:
+                    raise _Abort(Outcome.BAD_PAYLOAD, f"answer larger than {limit} bytes")
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    raise _Abort(Outcome.TIMEOUT, self._body_timeout_message())
+        except _TRANSPORT_ERRORS as exc:
+            raise _Abort(*self._classify_exception(exc)) from exc
+        return b"".join(chunks)
+
+    def _classify_exception(self, exc: BaseException) -> tuple[Outcome, str]:
+        connect, read = self._timeout
+        if isinstance(exc, requests.ConnectTimeout):
+            return Outcome.TIMEOUT, f"timed out connecting (connect timeout {connect:g} s)"
+        if isinstance(exc, requests.Timeout):
+            return Outcome.TIMEOUT, f"timed out waiting for the answer (read timeout {read:g} s)"
+        if _caused_by_read_timeout(exc):
+            return Outcome.TIMEOUT, self._body_timeout_message()
+        if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+            return Outcome.NETWORK, f"connection broke mid-answer: {_describe(exc)}"
+        if isinstance(exc, requests.exceptions.ContentDecodingError):
+            return Outcome.BAD_PAYLOAD, f"answer could not be decompressed: {_describe(exc)}"
+        return Outcome.NETWORK, f"network error: {_describe(exc)}"
+
+    def _body_timeout_message(self) -> str:
+        return f"timed out reading the answer body (read timeout {self._timeout[1]:g} s)"
+
+    def _server_now(self, headers: CaseInsensitiveDict[str]) -> float:
+        server_date = _http_date(headers.get("Date"))
+        return self._wall_clock() if server_date is None else server_date
+
+    def _failure(
+        self, outcome: Outcome, message: str, retry_after_s: float | None = None
+    ) -> Failure:
+        return Failure(outcome, self._scrub(self._clip(message, 1000)), retry_after_s)
+
+    def _excerpt_suffix(self, body: bytes) -> str:
+        error = _error_text(body)
+        excerpt = None if error is None else self._clip(error)
+        return f": {excerpt}" if excerpt else ""
+
+    def _clip(self, text: str, limit: int = _EXCERPT_CHARS) -> str:
+        # Scrub before cutting, so a token split by the cut cannot leave a fragment behind.
+        return _one_line(self._scrub(text), limit)
+
+    def _scrub(self, text: str) -> str:
+        # Defence in depth: no code path should put the token in a message, but if an
+        # upstream error or exception text ever echoes it, it must not reach a log.
+        if self._token is None:
+            return text
+        return text.replace(self._token.reveal(), "***")
+
+
+def check_url(url: str, *, insecure: bool = False) -> str:
+    """Return url if it is https://, or http:// to a loopback host (any host if insecure)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # raises ValueError for a malformed port
+    except ValueError as exc:
+        raise ValueError(f"invalid URL: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ValueError(f"URL must start with https:// (got scheme {scheme or 'none'!r})")
+    if not host:
+        raise ValueError("URL has no host")
+    if scheme == "http" and not insecure and not _is_loopback(host):
+        raise ValueError(
+            f"refusing plain http:// to {host!r}: the API token would travel unencrypted; "
+            "use https://, or allow it explicitly (insecure)"
+        )
+    return url
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """Parse a Retry-After header (seconds or HTTP-date, relative to now) into seconds."""
+    if value is None:
+        return None
+    text = value.strip()
+    if _RETRY_SECONDS_RE.fullmatch(text):
+        return float(text)
+    moment = _http_date(text)
+    if moment is None:
+        return None
+    return max(0.0, moment - now)
+
+
+def _http_date(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        moment = parsedate_to_datetime(value.strip())
+        # "-0000" parses as naive; HTTP dates are always GMT.
+        seconds = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return seconds if math.isfinite(seconds) else None
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def _check_timeout(timeout: tuple[float, float]) -> None:
+    if len(timeout) != 2 or not all(math.isfinite(t) and t > 0 for t in timeout):
+        raise ValueError("timeout must be a (connect, read) pair of positive seconds")
+
+
+def _make_secret(token: str | Secret | None) -> Secret | None:
+    if token is None:
+        return None
+    # Tokens read from files often carry a trailing newline.
+    value = (token.reveal() if isinstance(token, Secret) else token).strip()
+    if not value:
+        return None
+    # requests echoes an invalid header value, token included, in its exception message.
+    if not all("\x21" <= char <= "\x7e" for char in value):
+        raise ValueError("token contains characters that cannot be sent in an HTTP header")
+    return Secret(value)
+
+
+def _status_outcome(status: int) -> Outcome:
+    if status in (401, 403):
+        return Outcome.AUTH
+    if status == 402:
+        return Outcome.PAYMENT
+    if status == 429:
+        return Outcome.RATE_LIMITED
+    if 500 <= status <= 599:  # includes useapi's non-standard 596 (account in error state)
+        return Outcome.SERVER
+    return Outcome.HTTP_ERROR
+
+
+def _status_line(status: int) -> str:
+    try:
+        return f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def _content_length(headers: CaseInsensitiveDict[str]) -> int | None:
+    value = headers.get("Content-Length", "").strip()
+    return int(value) if _CONTENT_LENGTH_RE.fullmatch(value) else None
+
+
+def _caused_by_read_timeout(exc: BaseException) -> bool:
+    # requests turns a read timeout while streaming the body into a plain ConnectionError.
+    return any(isinstance(arg, urllib3.exceptions.ReadTimeoutError) for arg in exc.args)
+
+
+def _describe(exc: BaseException) -> str:
+    reason: BaseException = exc
+    inner = exc.args[0] if exc.args else None
+    if isinstance(inner, urllib3.exceptions.MaxRetryError) and inner.reason is not None:
+        reason = inner.reason
+    elif isinstance(inner, BaseException):
+        reason = inner
+    # ProtocolError and friends stringify as a tuple; their first argument reads better.
+    first = reason.args[0] if reason.args else None
+    text = _OBJECT_REPR_RE.sub("", first if isinstance(first, str) else str(reason))
+    return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
+
+
+def _error_text(body: bytes) -> str | None:
+    try:
+        data = json.loads(body.decode("utf-8"))
+        if not isinstance(data, dict) or data.get("error") is None:
+            return None
+        error = data["error"]
+        return error if isinstance(error, str) else json.dumps(error)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _one_line(text: str, limit: int) -> str:
+    # Cut first so a huge text is not walked char by char; the margin covers collapsed runs.
+    text = text[: limit * 4]
+    cleaned = "".join(" " if _is_control(char) else char for char in text)
+    collapsed = " ".join(cleaned.split())
+    return collapsed if len(collapsed) <= limit else collapsed[: limit - 3] + "..."
+
+
+def _is_control(char: str) -> bool:
+    # Cc/Cf/Cs/Co/Cn: controls, bidi overrides, surrogates; Zl/Zp: line and paragraph breaks.
+    return unicodedata.category(char)[0] == "C" or char in "\u2028\u2029"

@@ -1,0 +1,336 @@
+"""Turn a scheduler answer into a Snapshot: pure functions, no I/O.
+
+Upstream shapes differ per service and are loosely documented (see api-notes.md), so every
+field is optional and a bad value only drops that value, never the poll. JSON ``null`` is
+treated as an absent field, not as an invalid one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, Final
+
+from recorder.snapshot import Item, Snapshot
+
+__all__ = [
+    "PayloadError",
+    "normalize_items",
+    "parse_account",
+    "parse_body",
+    "parse_elapsed",
+    "parse_started",
+]
+
+ID_KEYS: Final = ("id", "videoId", "video_id", "imageId", "taskId", "job_id", "jobId", "jobid")
+ELAPSED_KEYS: Final = ("elapsed", "elapsedSeconds")  # elapsedSeconds: Dreamina
+
+# Values above this are epoch milliseconds: 1e11 s is the year 5138, 1e11 ms is 1973.
+_MS_THRESHOLD: Final = 1e11
+# Keeps every accepted start convertible to a datetime on any platform; 0 is a typical
+# "unknown" placeholder, not a real start.
+_MAX_EPOCH: Final = 253402300800.0  # 10000-01-01T00:00:00Z
+# Fits a signed 32-bit column; larger values are garbage for a job's age anyway.
+_MAX_ELAPSED: Final = 2**31 - 1
+
+# re.ASCII: \d would otherwise accept other scripts' digits, which int() happily converts.
+# Bounded digit counts keep int() away from Python's 4300-digit conversion limit.
+_ISO_RE: Final = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?"
+    r"\s*(?:(?P<z>[Zz])|(?P<sign>[+-])(?P<oh>\d{2})(?::?(?P<om>\d{2}))?)?",
+    re.ASCII,
+)
+_SECONDS_RE: Final = re.compile(r"\d{1,10}", re.ASCII)
+_MM_SS_RE: Final = re.compile(r"(\d{1,9}):(\d{1,2})", re.ASCII)
+_H_MM_SS_RE: Final = re.compile(r"(\d{1,9}):(\d{1,2}):(\d{1,2})", re.ASCII)
+# An email cannot contain ':', so "<email>-<kind>" is split at its last '-'.
+_USER_ID_RE: Final = re.compile(r"user:([^:-]+)-([^:]+):([^:]+)-([^:-]+):(.+)", re.DOTALL)
+_LTX_ID_RE: Final = re.compile(r"email:([^:]+):(.+)", re.DOTALL)
+
+
+class PayloadError(ValueError):
+    """The answer body is not a list of executing jobs."""
+
+
+@dataclass
+class _Tally:
+    invalid: int = 0
+    untracked: int = 0
+    duplicates: int = 0
+
+
+def parse_body(body: bytes) -> Snapshot:
+    """Parse a raw answer body into a Snapshot, raising PayloadError when it is unusable."""
+    data = _decode_json(body)
+    if isinstance(data, list):
+        return normalize_items(data)
+    if isinstance(data, dict) and "executing" in data:
+        executing = data["executing"]
+        if isinstance(executing, list):
+            return normalize_items(executing)
+        if isinstance(executing, dict):
+            return _normalize_by_account(executing)
+        raise PayloadError(f"'executing' is a {_json_type(executing)}, not a list")
+    if isinstance(data, dict):
+        raise PayloadError("answer is a JSON object without an 'executing' list")
+    raise PayloadError(f"answer is a JSON {_json_type(data)}, not a list")
+
+
+def normalize_items(data: list[object]) -> Snapshot:
+    """Normalize a list of raw scheduler items into a Snapshot."""
+    return _normalize(((raw, None) for raw in data), _Tally())
+
+
+def parse_started(value: object) -> float | None:
+    """Parse an ISO-8601 string or epoch number (s or ms) into epoch seconds, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return _epoch_number(value)
+    if isinstance(value, str):
+        return _iso_to_epoch(value.strip())
+    return None
+
+
+def parse_elapsed(value: object) -> int | None:
+    """Parse MM:SS, H:MM:SS or a number of seconds into whole seconds, else None."""
+    if isinstance(value, bool):
+        return None
+    seconds: int | None
+    if isinstance(value, int):
+        seconds = value
+    elif isinstance(value, float):
+        # Dreamina's elapsedSeconds may carry a fraction; whole seconds are enough.
+        seconds = math.floor(value) if math.isfinite(value) else None
+    elif isinstance(value, str):
+        seconds = _clock_to_seconds(value.strip())
+    else:
+        seconds = None
+    if seconds is None or not 0 <= seconds <= _MAX_ELAPSED:
+        return None
+    return seconds
+
+
+def parse_account(api_id: str) -> tuple[str | None, str | None]:
+    """Return (user_id, account) from a useapi job id, or (None, None) for other shapes."""
+    match = _USER_ID_RE.fullmatch(api_id)
+    if match:
+        return match.group(1), match.group(3)
+    match = _LTX_ID_RE.fullmatch(api_id)
+    if match and "@" in match.group(1):
+        return None, match.group(1)
+    return None, None
+
+
+def _decode_json(body: bytes) -> object:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PayloadError("answer is not UTF-8") from None
+    text = text.lstrip("\ufeff \t\r\n")
+    if not text:
+        raise PayloadError("answer is empty")
+    if text.startswith("<"):
+        raise PayloadError("answer is HTML, not JSON")
+    try:
+        return json.loads(text)
+    # ValueError also covers ints over Python's digit limit; RecursionError deep nesting.
+    except (ValueError, RecursionError):
+        raise PayloadError("answer is not JSON") from None
+
+
+def _json_type(value: object) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def _normalize_by_account(executing: dict[Any, Any]) -> Snapshot:
+    tally = _Tally()
+    entries: list[tuple[object, str | None]] = []
+    for key, items in executing.items():
+        if not isinstance(items, list):
+            tally.invalid += 1
+            continue
+        account = _account_from_key(key)
+        entries.extend((raw, account) for raw in items)
+    return _normalize(entries, tally)
+
+
+def _account_from_key(key: str) -> str | None:
+    # Dreamina keys accounts as "<region>:<email>", e.g. "US:you@example.com".
+    _, sep, rest = key.partition(":")
+    account = rest if sep else key
+    return account.strip() or None
+
+
+def _normalize(entries: Iterable[tuple[object, str | None]], tally: _Tally) -> Snapshot:
+    merged: dict[str, Item] = {}
+    for raw, key_account in entries:
+        item = _parse_item(raw, key_account, tally)
+        if item is None:
+            tally.untracked += 1
+        elif item.api_id in merged:
+            tally.duplicates += 1
+            merged[item.api_id] = _merge(merged[item.api_id], item)
+        else:
+            merged[item.api_id] = item
+    # dict keeps first-insertion order, so items stay in the order the API listed them.
+    return Snapshot(
+        items=tuple(merged.values()),
+        invalid_values=tally.invalid,
+        untracked=tally.untracked,
+        duplicates=tally.duplicates,
+    )
+
+
+def _parse_item(raw: object, key_account: str | None, tally: _Tally) -> Item | None:
+    if not isinstance(raw, dict):
+        return None
+    api_id = _find_id(raw)
+    if api_id is None:
+        return None
+    started_raw, started = _started(raw.get("started"), tally)
+    user_id, account = parse_account(api_id)
+    if account is None:
+        account = _text(raw.get("email"), tally) or key_account
+    return Item(
+        api_id=api_id,
+        type=_text(raw.get("type"), tally),
+        started_raw=started_raw,
+        started=started,
+        elapsed_s=_elapsed(raw, tally),
+        reply_url=_text(raw.get("replyUrl"), tally),
+        reply_ref=_text(raw.get("replyRef"), tally),
+        account=account,
+        user_id=user_id,
+    )
+
+
+def _find_id(raw: dict[Any, Any]) -> str | None:
+    for key in ID_KEYS:
+        api_id = _id_value(raw.get(key))
+        if api_id is not None:
+            return api_id
+    return None
+
+
+def _id_value(value: object) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, str) and value.strip() and _is_storable(value):
+        return value
+    return None
+
+
+def _text(value: object, tally: _Tally) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _is_storable(value):
+        tally.invalid += 1
+        return None
+    return value or None
+
+
+def _is_storable(text: str) -> bool:
+    # JSON "\ud800" decodes to a lone surrogate that no UTF-8 database column accepts, and
+    # PostgreSQL text refuses NUL ("\u0000").
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _started(value: object, tally: _Tally) -> tuple[str | None, float | None]:
+    if value is None:
+        return None, None
+    started = parse_started(value)
+    if started is None:
+        tally.invalid += 1
+        return None, None
+    raw = value if isinstance(value, str) else json.dumps(value)
+    return raw, started
+
+
+def _elapsed(raw: dict[Any, Any], tally: _Tally) -> int | None:
+    result: int | None = None
+    for key in ELAPSED_KEYS:
+        value = raw.get(key)
+        if value is None:
+            continue
+        parsed = parse_elapsed(value)
+        if parsed is None:
+            tally.invalid += 1
+        elif result is None:
+            result = parsed
+    return result
+
+
+def _epoch_number(value: float) -> float | None:
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float range
+        return None
+    if not math.isfinite(number):
+        return None
+    return _in_range(number / 1000 if number > _MS_THRESHOLD else number)
+
+
+def _iso_to_epoch(text: str) -> float | None:
+    match = _ISO_RE.fullmatch(text)
+    if not match:
+        return None
+    year, month, day, hour, minute, second = (int(g or 0) for g in match.groups()[:6])
+    fraction = match.group(7) or ""
+    try:
+        moment = datetime(year, month, day, hour, minute, second, tzinfo=_zone(match))
+    except ValueError:  # e.g. 12:45:67, Feb 30, an offset of 24 h or more
+        return None
+    seconds = moment.timestamp() + (int(fraction) / 10 ** len(fraction) if fraction else 0.0)
+    return _in_range(seconds)
+
+
+def _zone(match: re.Match[str]) -> timezone:
+    # No offset at all: the API documents its times as UTC.
+    if match.group("sign") is None:
+        return UTC
+    offset = timedelta(hours=int(match.group("oh")), minutes=int(match.group("om") or 0))
+    return timezone(-offset if match.group("sign") == "-" else offset)
+
+
+def _in_range(seconds: float) -> float | None:
+    return seconds if 0 < seconds < _MAX_EPOCH else None
+
+
+def _clock_to_seconds(text: str) -> int | None:
+    if _SECONDS_RE.fullmatch(text):
+        return int(text)
+    match = _MM_SS_RE.fullmatch(text)
+    if match:
+        minutes, secs = int(match.group(1)), int(match.group(2))
+        return minutes * 60 + secs if secs < 60 else None
+    match = _H_MM_SS_RE.fullmatch(text)
+    if match:
+        hours, minutes, secs = (int(g) for g in match.groups())
+        return hours * 3600 + minutes * 60 + secs if minutes < 60 and secs < 60 else None
+    return None
+
+
+def _merge(first: Item, later: Item) -> Item:
+    values: dict[str, Any] = {}
+    for field in fields(Item):
+        value = getattr(first, field.name)
+        values[field.name] = getattr(later, field.name) if value is None else value
+    return Item(**values)
