@@ -362,7 +362,7 @@ def _parse_kind(text: str) -> JobKind:
     show_default=True,
     help="Seconds between polls.",
 )
-@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--seed", type=int, default=8, show_default=True)
 @click.option(
     "--keep",
     type=click.Path(dir_okay=False, path_type=Path),

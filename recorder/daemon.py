@@ -176,7 +176,7 @@ def _describe_opened(event: Opened) -> str:
     parts = [job.api_id, f"type={item.type or '?'}"]
     if item.account:
         parts.append(f"account={item.account}")
-    parts.append(f"start from {job.start_source.value}")
+    parts.append(f"start_source={job.start_source.value}")
     return " ".join(parts)
 
 

@@ -20,7 +20,7 @@ from recorder.pipeline import Pipeline, Recorded
 from recorder.simulator import Faults, JobKind, SimConfig, Simulator
 from recorder.store import Store
 
-DEMO_KINDS = (JobKind("video", 8.0, 14.0), JobKind("image", 15.0, 4.0))
+DEMO_KINDS = (JobKind("video", 12.0, 14.0), JobKind("image", 24.0, 4.0))
 DEMO_FAULTS = Faults(server_error=0.05, rate_limit=0.03, retry_after_s=1, garbage=0.02, skew_s=42.0)
 
 

@@ -35,6 +35,7 @@ JOB_FIELDS = (
     "last_seen_at",
     "target",
 )
+_DURATIONS = ("duration_s", "duration_min_s", "duration_max_s")
 TABLE_COLUMNS = ("id", "type", "account", "status", "started_at", "duration", "bounds", "gap")
 
 
@@ -90,7 +91,11 @@ def jobs(engine: Engine, query: JobQuery = JobQuery()) -> Iterator[dict[str, Any
         stmt = stmt.limit(query.limit)
     with engine.connect() as conn:
         for row in conn.execution_options(yield_per=1000).execute(stmt):
-            yield dict(row._mapping)
+            job = dict(row._mapping)
+            for key in _DURATIONS:
+                if job[key] is not None:  # stored exactly; a millisecond is all that is meaningful
+                    job[key] = round(job[key], 3)
+            yield job
 
 
 def table_row(job: dict[str, Any]) -> dict[str, Any]:
