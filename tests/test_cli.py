@@ -185,3 +185,14 @@ def test_every_command_has_help_with_an_example(runner: CliRunner) -> None:
         result = invoke(runner, *command, "--help")
         assert result.exit_code == 0
         assert "Example:" in result.output, command
+
+
+def test_demo_records_and_summarizes(runner: CliRunner, tmp_path: Path) -> None:
+    kept = tmp_path / "demo.db"
+    result = invoke(runner, "demo", "--seconds", "4", "--interval", "0.2", "--keep", str(kept))
+    assert result.exit_code == 0, result.output
+    assert "Polls by outcome: ok " in result.output
+    assert "Jobs recorded: " in result.output
+    assert f"recorder --db sqlite:///{kept} jobs" in result.output
+    listed = invoke(runner, "--db", f"sqlite:///{kept}", "jobs", "--format", "json")
+    assert len(json.loads(listed.output)) >= 3  # the simulator starts with three jobs running

@@ -116,3 +116,17 @@ def test_the_daemon_records_the_simulators_truth(
         if not job.closed_across_gap:
             assert abs(job.end_at.timestamp() - true.end) <= INTERVAL / 2 + 1.0
     assert any(j.closed_across_gap for j in finished) or all(p.outcome == "ok" for p in polls)
+
+
+def test_sigint_also_finishes_and_exits_zero(
+    faulty_sim: Simulator, db_url: str, tmp_path: Path
+) -> None:
+    process = start_daemon(db_url, faulty_sim.url, tmp_path / "daemon.log")
+    time.sleep(2.0)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=10) == 0
+    engine = db.create(db_url)
+    with engine.connect() as conn:
+        polls = conn.execute(select(Poll.id)).all()
+    engine.dispose()
+    assert len(polls) >= 3

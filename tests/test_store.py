@@ -198,3 +198,9 @@ def test_a_database_from_a_newer_recorder_is_refused(db_url: str, engine: Engine
         conn.execute(text("UPDATE alembic_version SET version_num = 'ffff9999'"))
     with pytest.raises(db.DatabaseError, match="newer recorder"):
         db.open_database(db_url)
+
+
+def test_the_sqlite_database_runs_in_wal_mode(engine: Engine) -> None:
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
