@@ -66,7 +66,6 @@ class Daemon:
         self.polls = 0
         self._not_before = 0.0
         self._backoff_level = 0
-        self._scheduler: BlockingScheduler | None = None
 
     def tick(self) -> Recorded | None:
         """One scheduled run: poll and record, unless backing off. Never raises."""
@@ -150,25 +149,38 @@ class Daemon:
             coalesce=True,
             misfire_grace_time=max(1, int(self.interval)),
         )
-        self._scheduler = scheduler
+        signals = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGALRM] if stop_after else [])
+        previous = {sig: signal.getsignal(sig) for sig in signals}
 
         def stop(signum: int, _frame: FrameType | None) -> None:
-            log.info("stopping (%s): finishing the poll in flight", signal.Signals(signum).name)
-            if scheduler.running:
-                scheduler.shutdown(wait=True)
+            # Only raise here: shutting down inside a handler can deadlock, since the handler
+            # may interrupt the scheduler's main thread while it holds the lock shutdown needs.
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)  # a second signal acts as it normally would
+            raise _StopRequested(signal.Signals(signum).name)
 
-        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        if stop_after is not None:
-            previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, stop)
+        for sig in signals:
+            signal.signal(sig, stop)
+        if stop_after:
             signal.setitimer(signal.ITIMER_REAL, stop_after)
         try:
             scheduler.start()
+        except _StopRequested as request:
+            log.info("stopping (%s): finishing the poll in flight", request)
         finally:
-            if stop_after is not None:
+            if stop_after:
                 signal.setitimer(signal.ITIMER_REAL, 0)
+            if scheduler.running:
+                scheduler.shutdown(wait=True)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self._scheduler = None
+
+
+class _StopRequested(BaseException):
+    """Raised by the signal handler to leave the scheduler's loop on the main thread.
+
+    A BaseException, so that no ``except Exception`` in the scheduler's loop swallows it.
+    """
 
 
 def _describe_opened(event: Opened) -> str:

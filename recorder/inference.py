@@ -153,6 +153,7 @@ class StepResult:
 
     state: TargetState
     server_time: float | None = None
+    after_gap: bool = False  # a successful poll that ends a gap in the record
     opened: tuple[Opened, ...] = ()
     reopened: tuple[Reopened, ...] = ()
     observed: tuple[Observed, ...] = ()
@@ -218,6 +219,7 @@ def step(
     return StepResult(
         state=next_state,
         server_time=server_time,
+        after_gap=across_gap,
         opened=tuple(opened),
         reopened=tuple(reopened),
         observed=tuple(observed),

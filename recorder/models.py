@@ -33,6 +33,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeEngine
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -47,29 +48,39 @@ Id = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """An aware UTC datetime: ``timestamptz`` on PostgreSQL, a fixed-width text on SQLite.
+    """An aware UTC datetime: ``timestamptz`` on PostgreSQL, epoch seconds (REAL) on SQLite.
 
-    SQLite keeps ``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC, which sorts and compares correctly
-    as text; values always come back timezone-aware in UTC.
+    On SQLite a REAL sorts and compares correctly, is 8 bytes, keeps sub-microsecond precision,
+    and makes time arithmetic in SQL plain subtraction. Values always come back timezone-aware
+    in UTC; a naive datetime is refused, since its zone would be a guess.
     """
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        """Normalize to UTC; refuse naive datetimes, whose zone would be a guess."""
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        """REAL on SQLite, timestamptz elsewhere."""
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(Double())
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        """Epoch seconds on SQLite, an aware UTC datetime elsewhere."""
         if value is None:
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        if dialect.name == "sqlite":
+            return value.timestamp()
+        return value.astimezone(UTC)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        """Return an aware UTC datetime."""
+        """An aware UTC datetime."""
         if value is None:
             return None
-        if isinstance(value, str):  # raw text, e.g. from a view or a hand-written row
+        if isinstance(value, int | float):
+            return datetime.fromtimestamp(value, tz=UTC)
+        if isinstance(value, str):
             value = datetime.fromisoformat(value)
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
@@ -109,6 +120,9 @@ class Poll(Base):
     dropped_values: Mapped[int | None] = mapped_column(Integer)
     # The server's clock when it took the list (epoch seconds): predicts every `elapsed`.
     server_time: Mapped[float | None] = mapped_column(Double)
+    # A successful poll that follows failed polls, or a silence longer than the gap threshold:
+    # the time since the previous successful poll is a gap in the record (view poll_gaps).
+    after_gap: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (

@@ -139,7 +139,7 @@ class Store:
     ) -> int:
         """Write one poll and everything it changed, in one transaction; returns the poll id."""
         with self.engine.begin() as conn:
-            poll_id = _insert_poll(conn, target_id, result, change.server_time)
+            poll_id = _insert_poll(conn, target_id, result, change)
             if change.changed:
                 _write_changes(conn, target_id, poll_id, result, change, last_ok_poll_id)
         return poll_id
@@ -182,9 +182,7 @@ def _job_state(row: Any) -> JobState:
     return JobState(row.api_id, start, StartSource(row.start_source), item)
 
 
-def _insert_poll(
-    conn: Connection, target_id: int, result: PollResult, server_time: float | None
-) -> int:
+def _insert_poll(conn: Connection, target_id: int, result: PollResult, change: StepResult) -> int:
     answer = result.answer
     values: dict[str, Any] = {
         "target_id": target_id,
@@ -199,10 +197,11 @@ def _insert_poll(
             "outcome": Outcome.OK.value,
             "item_count": len(answer.items),
             "dropped_values": dropped or None,
-            "server_time": server_time,
+            "server_time": change.server_time,
+            "after_gap": change.after_gap,
         }
     else:
-        values |= {"outcome": answer.outcome.value, "error": answer.message}
+        values |= {"outcome": answer.outcome.value, "error": answer.message, "after_gap": False}
     return int(conn.execute(insert(Poll).values(**values).returning(Poll.id)).scalar_one())
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -130,3 +131,21 @@ def test_sigint_also_finishes_and_exits_zero(
         polls = conn.execute(select(Poll.id)).all()
     engine.dispose()
     assert len(polls) >= 3
+
+
+def test_sigterm_at_any_moment_exits_zero_promptly(
+    faulty_sim: Simulator, db_url: str, tmp_path: Path
+) -> None:
+    """Signals land anywhere in the scheduler's loop; none may hang or kill the daemon."""
+    rng = random.Random(5)
+    for attempt in range(8):
+        log_path = tmp_path / f"daemon-{attempt}.log"
+        env = os.environ | {"USEAPI_TOKEN": TOKEN}
+        command = [sys.executable, "-m", "recorder", "--db", db_url, "run", "--url"]
+        command += [faulty_sim.url, "--interval", "0.05", "--timeout", "2"]
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        time.sleep(rng.uniform(1.0, 2.0))
+        code, took = stop(process)
+        assert code == 0, log_path.read_text()
+        assert took < 5.0

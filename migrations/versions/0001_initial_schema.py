@@ -13,6 +13,9 @@ import sqlalchemy as sa
 from alembic import op
 
 
+# Times: timestamptz on PostgreSQL, epoch seconds (REAL) on SQLite (recorder.models.UTCDateTime).
+TIMESTAMP = sa.DateTime(timezone=True).with_variant(sa.Double(), "sqlite")
+
 revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -25,7 +28,7 @@ def upgrade() -> None:
         "targets",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("url", sa.String(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_targets")),
         sa.UniqueConstraint("url", name=op.f("uq_targets_url")),
     )
@@ -33,14 +36,15 @@ def upgrade() -> None:
         "polls",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("target_id", sa.Integer(), nullable=False),
-        sa.Column("sent_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("sent_at", TIMESTAMP, nullable=False),
+        sa.Column("received_at", TIMESTAMP, nullable=False),
         sa.Column("latency_s", sa.Double(), nullable=False),
         sa.Column("outcome", sa.String(length=16), nullable=False),
         sa.Column("http_status", sa.SmallInteger(), nullable=True),
         sa.Column("item_count", sa.Integer(), nullable=True),
         sa.Column("dropped_values", sa.Integer(), nullable=True),
         sa.Column("server_time", sa.Double(), nullable=True),
+        sa.Column("after_gap", sa.Boolean(), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
         sa.ForeignKeyConstraint(
             ["target_id"], ["targets.id"], name=op.f("fk_polls_target_id_targets")
@@ -72,13 +76,13 @@ def upgrade() -> None:
         sa.Column(
             "last_poll_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
         ),
-        sa.Column("start_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("start_min", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("start_max", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("start_at", TIMESTAMP, nullable=False),
+        sa.Column("start_min", TIMESTAMP, nullable=True),
+        sa.Column("start_max", TIMESTAMP, nullable=True),
         sa.Column("start_source", sa.String(length=8), nullable=False),
-        sa.Column("end_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("end_min", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("end_max", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("end_at", TIMESTAMP, nullable=True),
+        sa.Column("end_min", TIMESTAMP, nullable=True),
+        sa.Column("end_max", TIMESTAMP, nullable=True),
         sa.Column("duration_s", sa.Double(), nullable=True),
         sa.Column("duration_min_s", sa.Double(), nullable=True),
         sa.Column("duration_max_s", sa.Double(), nullable=True),
