@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from click.decorators import FC
 from sqlalchemy import Engine
 
 from recorder import __version__, db
@@ -95,7 +98,7 @@ def cli(ctx: click.Context, db_url: str | None, verbose: int, quiet: bool) -> No
     ctx.obj = State(db_url)
 
 
-def _endpoint_options(func: click.decorators.FC) -> click.decorators.FC:
+def _endpoint_options(func: FC) -> FC:
     """The options every command that talks to the API shares."""
     func = click.option(
         "--insecure",
@@ -194,30 +197,187 @@ def poll(state: State, url: str, token_file: Path | None, timeout: float, insecu
     )
 
 
+def _format_option(choices: tuple[str, ...] = FORMATS) -> Callable[[FC], FC]:
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(choices),
+        help="Output format [default: table on a terminal, else json].",
+    )
+
+
+def _window_options(func: FC) -> FC:
+    func = click.option(
+        "--until", metavar="WHEN", help="End of the window [default: now]. WHEN as for --since."
+    )(func)
+    func = click.option(
+        "--since",
+        metavar="WHEN",
+        help="Start of the window: an ISO-8601 date or time (UTC unless it says otherwise), "
+        "or an age such as 30m, 24h, 7d.",
+    )(func)
+    return func
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
 @cli.command()
+@_format_option()
+@click.option("--running", "status", flag_value="running", help="Only jobs still running.")
+@click.option("--finished", "status", flag_value="finished", help="Only finished jobs.")
+@click.option("--type", "types", multiple=True, metavar="TYPE", help="Only this type (repeatable).")
 @click.option(
-    "--format", "fmt", type=click.Choice(FORMATS), help="[default: table on a terminal, else json]"
+    "--account", "accounts", multiple=True, metavar="EMAIL", help="Only this account (repeatable)."
 )
+@_window_options
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many jobs.")
+@click.option(
+    "--order",
+    default="started",
+    show_default=True,
+    metavar="KEY",
+    help="started, ended, duration or id; a leading - sorts descending (-duration).",
+)
 @pass_state
-def jobs(state: State, fmt: str | None, limit: int | None) -> None:
-    """List recorded jobs, oldest first.
+def jobs(
+    state: State,
+    fmt: str | None,
+    status: str | None,
+    types: tuple[str, ...],
+    accounts: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    limit: int | None,
+    order: str,
+) -> None:
+    """List recorded jobs, oldest first; with --since/--until, those overlapping the window.
 
     JSON has one object per job with id, type, account, status, started_at, ended_at,
     duration_s, duration_min_s, duration_max_s, first_seen_at, last_seen_at and more.
 
     Example:
 
-        recorder jobs --format json
+        recorder jobs --finished --type video --since 24h --order -duration --limit 10
     """
     from recorder import reports
+    from recorder.timespec import parse_when
 
+    with _user_errors():
+        now = _now()
+        query = reports.JobQuery(
+            status=status,
+            types=types,
+            accounts=accounts,
+            since=parse_when(since, now) if since else None,
+            until=parse_when(until, now) if until else None,
+            limit=limit,
+            order=order,
+        )
+        rows = reports.jobs(state.engine(), query)
+        fmt = fmt or default_format()
+        if fmt == "table":
+            render((reports.table_row(r) for r in rows), fmt, sys.stdout, reports.TABLE_COLUMNS)
+        else:
+            render(rows, fmt, sys.stdout, reports.JOB_FIELDS)
+
+
+@cli.command()
+@_window_options
+@click.option(
+    "--by",
+    "by",
+    multiple=True,
+    type=click.Choice(("type", "account", "hour", "day")),
+    help="Group by this key (repeatable: --by type --by day).",
+)
+@_format_option(("table", "json", "csv"))
+@click.option("--histogram", is_flag=True, help="Add a text histogram of durations per group.")
+@click.option("--target", metavar="URL", help="Only this polled URL [default: all].")
+@pass_state
+def stats(
+    state: State,
+    since: str | None,
+    until: str | None,
+    by: tuple[str, ...],
+    fmt: str | None,
+    histogram: bool,
+    target: str | None,
+) -> None:
+    """Durations, throughput, concurrency and coverage over a window (default: the last 24 h).
+
+    Per group: jobs finished, started and running; the finished jobs' durations (count, mean,
+    p50, p90, p95, p99, max; percentiles are nearest-rank) and how many are known only within
+    wide bounds; finished per hour; peak and mean concurrency; and the share of the window
+    covered by successful polls, with its gaps.
+
+    Example:
+
+        recorder stats --since 7d --by type --by day --format json
+    """
+    from recorder import stats as stats_module
+    from recorder import stats_format
+    from recorder.timespec import window
+
+    with _user_errors():
+        now = _now()
+        start, end = window(since, until, now)
+        query = stats_module.StatsQuery(start, end, now, by, target, histogram)
+        report = stats_module.compute(state.engine(), query)
     fmt = fmt or default_format()
-    rows = reports.jobs(state.engine(), reports.JobQuery(limit=limit))
-    if fmt == "table":
-        render((reports.table_row(r) for r in rows), fmt, sys.stdout, reports.TABLE_COLUMNS)
+    if fmt == "json":
+        click.echo(json.dumps(stats_format.report_json(report, histogram), indent=2))
+    elif fmt == "csv":
+        render(stats_format.csv_rows(report), "csv", sys.stdout)
     else:
-        render(rows, fmt, sys.stdout, reports.JOB_FIELDS)
+        stats_format.write_table(report, sys.stdout, histogram)
+
+
+@cli.command()
+@click.argument("query")
+@_format_option()
+@pass_state
+def sql(state: State, query: str, fmt: str | None) -> None:
+    """Run one read-only SQL query; the views job_history, poll_log and poll_gaps are for this.
+
+    A statement that would write is refused and changes nothing. See docs/sql.md.
+
+    Example:
+
+        recorder sql "SELECT type, COUNT(*) AS n FROM job_history GROUP BY type" --format json
+    """
+    from recorder import readonly
+
+    engine = readonly.readonly_engine(state.engine())
+    try:
+        with readonly.query(engine, query) as (columns, rows):
+            render(rows, fmt or default_format(), sys.stdout, columns)
+    except readonly.QueryError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command()
+@_window_options
+@_format_option()
+@click.option("--target", metavar="URL", help="Only this polled URL [default: all].")
+@pass_state
+def gaps(
+    state: State, since: str | None, until: str | None, fmt: str | None, target: str | None
+) -> None:
+    """List the periods with no successful poll in a window (default: the last 24 h).
+
+    Example:
+
+        recorder gaps --since 7d
+    """
+    from recorder import reports
+    from recorder.timespec import window
+
+    with _user_errors():
+        start, end = window(since, until, _now())
+    rows = reports.gaps(state.engine(), start, end, target)
+    render(rows, fmt or default_format(), sys.stdout, reports.GAP_FIELDS)
 
 
 @cli.command()

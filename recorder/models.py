@@ -31,6 +31,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeEngine
@@ -128,6 +129,14 @@ class Poll(Base):
     __table_args__ = (
         Index("ix_polls_target_sent", "target_id", "sent_at"),
         Index("ix_polls_target_outcome_id", "target_id", "outcome", "id"),
+        # Gaps are rare: a partial index finds them without scanning every poll.
+        Index(
+            "ix_polls_gaps",
+            "target_id",
+            "id",
+            sqlite_where=text("after_gap"),
+            postgresql_where=text("after_gap"),
+        ),
     )
 
 

@@ -6,7 +6,7 @@ import csv
 import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
 FORMATS = ("table", "json", "jsonl", "csv")
@@ -27,7 +27,8 @@ def json_value(value: Any) -> Any:
 
 
 def iso(value: datetime) -> str:
-    """ISO-8601 UTC with milliseconds and Z, as the API writes times."""
+    """ISO-8601 UTC with milliseconds (rounded, as SQLite's views round them) and Z."""
+    value = value.astimezone(UTC) + timedelta(microseconds=500)
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 

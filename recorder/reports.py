@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, or_, select, text
 from sqlalchemy.orm import aliased
 
 from recorder.models import Job, Poll, Target
-from recorder.output import human_duration
+from recorder.output import human_duration, iso
 from recorder.snapshot import Outcome
 
 # The JSON contract of `recorder jobs`: scripts rely on these names.
@@ -39,12 +40,20 @@ _DURATIONS = ("duration_s", "duration_min_s", "duration_max_s")
 TABLE_COLUMNS = ("id", "type", "account", "status", "started_at", "duration", "bounds", "gap")
 
 
+ORDERS = ("started", "ended", "duration", "id")
+
+
 @dataclass(frozen=True, slots=True)
 class JobQuery:
     """Which jobs to list, and in what order."""
 
+    status: str | None = None  # "running" or "finished"
+    types: tuple[str, ...] = ()
+    accounts: tuple[str, ...] = ()
+    since: datetime | None = None  # jobs overlapping [since, until)
+    until: datetime | None = None
     limit: int | None = None
-    newest_first: bool = False
+    order: str = "started"  # one of ORDERS; a leading "-" sorts descending
 
 
 def jobs(engine: Engine, query: JobQuery = JobQuery()) -> Iterator[dict[str, Any]]:
@@ -85,8 +94,8 @@ def jobs(engine: Engine, query: JobQuery = JobQuery()) -> Iterator[dict[str, Any
         .outerjoin(last, last.id == Job.last_poll_id)
         .outerjoin(latest_ok, latest_ok.c.target_id == Job.target_id)
         .outerjoin(latest, latest.id == latest_ok.c.poll_id)
-        .order_by(Job.start_at.desc() if query.newest_first else Job.start_at, Job.id)
     )
+    stmt = _filtered(stmt, query).order_by(*_ordering(query.order))
     if query.limit is not None:
         stmt = stmt.limit(query.limit)
     with engine.connect() as conn:
@@ -96,6 +105,68 @@ def jobs(engine: Engine, query: JobQuery = JobQuery()) -> Iterator[dict[str, Any
                 if job[key] is not None:  # stored exactly; a millisecond is all that is meaningful
                     job[key] = round(job[key], 3)
             yield job
+
+
+def _filtered(stmt: Any, query: JobQuery) -> Any:
+    if query.status is not None:
+        stmt = stmt.where(Job.status == query.status)
+    if query.types:
+        stmt = stmt.where(Job.type.in_(query.types))
+    if query.accounts:
+        stmt = stmt.where(Job.account.in_(query.accounts))
+    if query.until is not None:
+        stmt = stmt.where(Job.start_at < query.until)
+    if query.since is not None:
+        stmt = stmt.where(or_(Job.status == "running", Job.end_at >= query.since))
+    return stmt
+
+
+def _ordering(order: str) -> tuple[Any, ...]:
+    name = order.removeprefix("-")
+    column = {
+        "started": Job.start_at,
+        "ended": Job.end_at,
+        "duration": Job.duration_s,
+        "id": Job.api_id,
+    }.get(name)
+    if column is None:
+        raise ValueError(f"cannot order by {name!r}; choose from {', '.join(ORDERS)}")
+    if order.startswith("-"):
+        return (column.desc(), Job.id.desc())
+    return (column, Job.id)
+
+
+GAP_FIELDS = ("target", "started_at", "ended_at", "duration_s", "failed_polls", "ongoing")
+
+
+def gaps(
+    engine: Engine, since: datetime, until: datetime, target: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """The periods with no successful poll (view poll_gaps) that overlap [since, until)."""
+    sqlite = engine.dialect.name == "sqlite"
+    # The view shows ISO text on SQLite, which compares as time against ISO text.
+    bounds = (
+        {"since": iso(since), "until": iso(until)} if sqlite else {"since": since, "until": until}
+    )
+    sql = (
+        "SELECT target, started_at, ended_at, duration_s, failed_polls, ongoing FROM poll_gaps "
+        "WHERE started_at < :until AND ended_at > :since"
+        + (" AND target = :target" if target is not None else "")
+        + " ORDER BY started_at, target"
+    )
+    with engine.connect() as conn:
+        for row in conn.execute(text(sql), {**bounds, "target": target}):
+            gap = dict(row._mapping)
+            if sqlite:  # the view's text and 0/1, as PostgreSQL would give them
+                gap["started_at"] = _parse_iso(gap["started_at"])
+                gap["ended_at"] = _parse_iso(gap["ended_at"])
+                gap["ongoing"] = bool(gap["ongoing"])
+            gap["duration_s"] = round(gap["duration_s"], 3)
+            yield gap
+
+
+def _parse_iso(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def table_row(job: dict[str, Any]) -> dict[str, Any]:

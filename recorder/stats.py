@@ -1,0 +1,486 @@
+"""`recorder stats`: durations, throughput, concurrency and coverage per group, computed in SQL.
+
+Definitions (docs/stats.md has them for users):
+
+* The window is ``[since, until)``. Grouping by ``hour`` or ``day`` (UTC) splits it into
+  buckets; each bucket's figures are for the bucket's part of the window.
+* ``finished``: jobs that ended in the window (``end_at``); their durations are described.
+* ``started``: jobs that started in the window (``start_at``).
+* ``running``: jobs running now; in time buckets, only in the bucket that holds the present
+  (and only when the window reaches the present).
+* Percentiles are nearest-rank: ``pN`` is the smallest duration with at least N% of the
+  durations at or below it (rank ``ceil(N * count / 100)``), the same on every backend.
+* Concurrency is from the jobs' intervals ``[start_at, end_at)``; a running job's interval ends
+  at its target's latest successful poll. ``peak`` is the most intervals open at once, ``mean``
+  the time-weighted mean (total overlap / window length).
+* Coverage is the share of the window between consecutive successful polls with no gap between
+  them; time before a target's first or after its last successful poll is not covered. ``gaps``
+  counts the gaps of the ``poll_gaps`` view that overlap the window. With several targets,
+  coverage is their mean.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam, select, text
+
+from recorder.dialect import Dialect
+from recorder.models import Target, UTCDateTime
+
+GROUP_KEYS = ("type", "account", "hour", "day")
+TIME_KEYS = {"hour": 3600, "day": 86400}
+PERCENTILES = (50, 90, 95, 99)
+# Histogram bin edges in seconds: roughly 1-2-5 steps, readable for seconds to hours.
+HISTOGRAM_EDGES = (0, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
+_FAR = 1e18  # stands for "before or after any time"
+
+
+@dataclass(frozen=True, slots=True)
+class StatsQuery:
+    """What to compute: the window, the grouping, and the present moment."""
+
+    since: datetime
+    until: datetime
+    now: datetime
+    by: tuple[str, ...] = ()
+    target: str | None = None
+    histogram: bool = False
+
+
+@dataclass(slots=True)
+class Durations:
+    """The duration figures of one group's finished jobs, in seconds."""
+
+    count: int = 0
+    mean: float | None = None
+    p50: float | None = None
+    p90: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+    max: float | None = None
+    closed_across_gap: int = 0
+
+
+@dataclass(slots=True)
+class Group:
+    """One group's figures."""
+
+    key: dict[str, Any]
+    since: datetime
+    until: datetime
+    finished: int = 0
+    started: int = 0
+    running: int = 0
+    duration: Durations = field(default_factory=Durations)
+    peak_concurrency: int = 0
+    mean_concurrency: float = 0.0
+    coverage: float = 0.0
+    gaps: int = 0
+    longest_gap_s: float = 0.0
+    histogram: list[tuple[float, float | None, int]] = field(default_factory=list)
+
+    @property
+    def hours(self) -> float:
+        """The group's window in hours."""
+        return (self.until - self.since).total_seconds() / 3600
+
+    @property
+    def throughput_per_hour(self) -> float:
+        """Jobs finished per hour of the group's window."""
+        return self.finished / self.hours
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """The figures for every group."""
+
+    since: datetime
+    until: datetime
+    by: tuple[str, ...]
+    groups: list[Group]
+
+
+class UnknownTarget(ValueError):
+    """--target names a URL the database has never polled."""
+
+
+def compute(engine: Engine, query: StatsQuery) -> Report:
+    """Compute every figure of `query` with a handful of SQL queries."""
+    for key in query.by:
+        if key not in GROUP_KEYS:
+            raise ValueError(f"cannot group by {key!r}; choose from {', '.join(GROUP_KEYS)}")
+    if len(set(query.by)) != len(query.by):
+        raise ValueError("each --by key may be given once")
+    sql = _Sql(Dialect(engine.dialect.name), query)
+    with engine.connect() as conn:
+        sql.target_id = _target_id(conn, query.target)
+        groups = _Groups(query)
+        for row in conn.execute(sql.durations(), sql.params()):
+            groups.fill_durations(row._mapping)
+        for row in conn.execute(sql.started(), sql.params()):
+            groups.at(row._mapping, "started").started = row.n
+        for row in conn.execute(sql.running(), sql.params()):
+            groups.add_running(row._mapping)
+        for row in conn.execute(sql.concurrency(), sql.params()):
+            group = groups.at(row._mapping, "concurrency")
+            group.peak_concurrency = int(row.peak or 0)
+            group.mean_concurrency = float(row.total or 0.0) / float(row.span)
+        groups.set_coverage(list(conn.execute(sql.coverage(), sql.params())))
+        if query.histogram:
+            for row in conn.execute(sql.histogram(), sql.params()):
+                groups.add_bin(row._mapping)
+    return Report(query.since, query.until, query.by, groups.ordered())
+
+
+def _target_id(conn: Connection, url: str | None) -> int | None:
+    if url is None:
+        return None
+    found = conn.scalar(select(Target.id).where(Target.url == url))
+    if found is None:
+        raise UnknownTarget(f"no target {url!r} in this database")
+    return found
+
+
+class _Groups:
+    """Groups by key, created on first sight, plus every time bucket of the window."""
+
+    def __init__(self, query: StatsQuery) -> None:
+        self.query = query
+        self.time_key = next((k for k in query.by if k in TIME_KEYS), None)
+        self.groups: dict[tuple[Any, ...], Group] = {}
+        self.coverage_by_bucket: dict[float, tuple[float, int, float]] = {}
+        if not query.by:
+            self.at({}, "")
+        elif self.time_key is not None and query.by == (self.time_key,):
+            for b0 in _buckets(query, self.time_key):
+                self.at({"b0": b0}, "")
+
+    def _bucket_window(self, b0: float) -> tuple[datetime, datetime]:
+        assert self.time_key is not None
+        size = TIME_KEYS[self.time_key]
+        since = max(self.query.since, _dt(b0))
+        return since, min(self.query.until, _dt(b0 + size))
+
+    def at(self, row: Mapping[Any, Any], _why: str) -> Group:
+        """The group for a result row's key columns, created if new."""
+        key: dict[str, Any] = {}
+        for name in self.query.by:
+            if name in TIME_KEYS:
+                key[name] = _dt(float(row["b0"]))
+            else:
+                key[name] = row[f"k_{name}"]
+        ident = tuple(key[name] for name in self.query.by)
+        group = self.groups.get(ident)
+        if group is None:
+            since, until = self.query.since, self.query.until
+            if self.time_key is not None:
+                since, until = self._bucket_window(float(row["b0"]))
+            group = Group(key=key, since=since, until=until)
+            self.groups[ident] = group
+        return group
+
+    def fill_durations(self, row: Mapping[Any, Any]) -> None:
+        group = self.at(row, "durations")
+        group.finished = row["n"]
+        group.duration = Durations(
+            count=row["n"],
+            mean=row["mean"],
+            p50=row["p50"],
+            p90=row["p90"],
+            p95=row["p95"],
+            p99=row["p99"],
+            max=row["max"],
+            closed_across_gap=int(row["wide"] or 0),
+        )
+
+    def add_running(self, row: Mapping[Any, Any]) -> None:
+        if self.time_key is not None:
+            # Running now: shown in the bucket that holds the present, if the window reaches it.
+            now = self.query.now.timestamp()
+            since, until = self.query.since.timestamp(), self.query.until.timestamp()
+            if not since < now <= until:
+                return
+            size = TIME_KEYS[self.time_key]
+            present = min(now, until - 1e-6)
+            row = {**row, "b0": math.floor(present / size) * size}
+        self.at(row, "running").running = row["n"]
+
+    def set_coverage(self, rows: Sequence[Any]) -> None:
+        per_bucket: dict[float, list[tuple[float, int, float]]] = {}
+        for row in rows:
+            share = max(0.0, 1.0 - float(row.uncovered or 0.0) / float(row.span))
+            per_bucket.setdefault(float(row.b0), []).append(
+                (share, int(row.gaps or 0), float(row.longest or 0.0))
+            )
+        for b0, targets in per_bucket.items():
+            self.coverage_by_bucket[b0] = (
+                sum(t[0] for t in targets) / len(targets),
+                sum(t[1] for t in targets),
+                max(t[2] for t in targets),
+            )
+
+    def add_bin(self, row: Mapping[Any, Any]) -> None:
+        group = self.at(row, "histogram")
+        index = int(row["bin"])
+        upper = HISTOGRAM_EDGES[index + 1] if index + 1 < len(HISTOGRAM_EDGES) else None
+        group.histogram.append((float(HISTOGRAM_EDGES[index]), upper, int(row["n"])))
+
+    def ordered(self) -> list[Group]:
+        """Every group in key order, with its coverage filled in."""
+        for group in self.groups.values():
+            b0 = self._b0(group)
+            share, gaps, longest = self.coverage_by_bucket.get(b0, (0.0, 0, 0.0))
+            group.coverage, group.gaps, group.longest_gap_s = share, gaps, longest
+            group.histogram.sort()
+        return sorted(
+            self.groups.values(), key=lambda g: [_sortable(g.key[k]) for k in self.query.by]
+        )
+
+    def _b0(self, group: Group) -> float:
+        if self.time_key is None:
+            return self.query.since.timestamp()
+        return float(group.key[self.time_key].timestamp())
+
+
+def pre(names: str) -> str:
+    """A comma-separated list followed by a comma, or nothing."""
+    return f"{names}, " if names else ""
+
+
+def _sortable(value: Any) -> tuple[bool, Any]:
+    return (value is not None, value if value is not None else "")
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=UTC)
+
+
+def _buckets(query: StatsQuery, time_key: str) -> list[float]:
+    size = TIME_KEYS[time_key]
+    first = math.floor(query.since.timestamp() / size) * size
+    end = query.until.timestamp()
+    return [float(b) for b in range(int(first), math.ceil(end), size) if b < end]
+
+
+class _Sql:
+    """The report's SQL for one dialect and query."""
+
+    def __init__(self, dialect: Dialect, query: StatsQuery) -> None:
+        self.d = dialect
+        self.q = query
+        self.target_id: int | None = None
+        self.time_key = next((k for k in query.by if k in TIME_KEYS), None)
+        self.size = float(TIME_KEYS[self.time_key]) if self.time_key else None
+        self.plain_keys = [k for k in query.by if k not in TIME_KEYS]
+
+    def params(self) -> dict[str, Any]:
+        """The bound values every query uses."""
+        since, until = self.q.since.timestamp(), self.q.until.timestamp()
+        first = since if self.size is None else math.floor(since / self.size) * self.size
+        return {
+            "since_ts": self.q.since,
+            "until_ts": self.q.until,
+            "since_e": since,
+            "until_e": until,
+            "first_b0": float(first),
+            "size": self.size or (until - since),
+            "target_id": self.target_id,
+        }
+
+    def _text(self, sql: str) -> Any:
+        # Times compared with stored columns are bound as UTCDateTime, so indexes serve them.
+        typed = [
+            bindparam(name, type_=UTCDateTime())
+            for name in ("since_ts", "until_ts")
+            if f":{name}" in sql
+        ]
+        return text(sql).bindparams(*typed)
+
+    def _target(self, column: str) -> str:
+        return "" if self.target_id is None else f" AND {column} = :target_id"
+
+    def _keys(self, time_column: str | None) -> tuple[str, str]:
+        """SELECT expressions and their names for the grouping keys of jobs `j`."""
+        exprs = [f"j.{k} AS k_{k}" for k in self.plain_keys]
+        names = [f"k_{k}" for k in self.plain_keys]
+        if self.time_key is not None and time_column is not None:
+            size = self.size
+            exprs.append(f"{self.d.floor(f'{self.d.epoch(time_column)} / {size}')} * {size} AS b0")
+            names.append("b0")
+        return ", ".join(exprs), ", ".join(names)
+
+    def durations(self) -> Any:
+        exprs, names = self._keys("j.end_at")
+        select_keys = f"{exprs}, " if exprs else ""
+        partition = f"PARTITION BY {names} " if names else ""
+        percentiles = ", ".join(
+            f"MIN(CASE WHEN rn >= ({p} * n + 99) / 100 THEN duration_s END) AS p{p}"
+            for p in PERCENTILES
+        )
+        group = f"GROUP BY {names}" if names else ""
+        return self._text(f"""
+            WITH base AS (
+                SELECT {select_keys}j.duration_s AS duration_s,
+                       CASE WHEN j.closed_across_gap THEN 1 ELSE 0 END AS wide
+                FROM jobs j
+                WHERE j.status = 'finished' AND j.end_at >= :since_ts AND j.end_at < :until_ts
+                      {self._target("j.target_id")}
+            ),
+            ranked AS (
+                SELECT base.*,
+                       ROW_NUMBER() OVER ({partition}ORDER BY duration_s) AS rn,
+                       COUNT(*) OVER ({partition.strip()}) AS n
+                FROM base
+            )
+            SELECT {names + ", " if names else ""}COUNT(*) AS n, AVG(duration_s) AS mean,
+                   MAX(duration_s) AS max, SUM(wide) AS wide, {percentiles}
+            FROM ranked {group}
+        """)
+
+    def started(self) -> Any:
+        exprs, names = self._keys("j.start_at")
+        group = f"GROUP BY {names}" if names else ""
+        return self._text(f"""
+            SELECT {exprs + ", " if exprs else ""}COUNT(*) AS n
+            FROM jobs j
+            WHERE j.start_at >= :since_ts AND j.start_at < :until_ts {self._target("j.target_id")}
+            {group}
+        """)
+
+    def running(self) -> Any:
+        exprs = ", ".join(f"j.{k} AS k_{k}" for k in self.plain_keys)
+        names = ", ".join(f"k_{k}" for k in self.plain_keys)
+        group = f"GROUP BY {names}" if names else ""
+        return self._text(f"""
+            SELECT {exprs + ", " if exprs else ""}COUNT(*) AS n
+            FROM jobs j
+            WHERE j.status = 'running' {self._target("j.target_id")}
+            {group}
+        """)
+
+    def _spans(self) -> str:
+        d = self.d
+        return f"""
+            buckets(b0) AS (
+                SELECT {d.number("first_b0")}
+                UNION ALL
+                SELECT b0 + {d.number("size")} FROM buckets
+                WHERE b0 + {d.number("size")} < {d.number("until_e")}
+            ),
+            spans AS (
+                SELECT b0,
+                       {d.greatest("b0", d.number("since_e"))} AS lo,
+                       {d.least(f"b0 + {d.number('size')}", d.number("until_e"))} AS hi
+                FROM buckets
+            )
+        """
+
+    def concurrency(self) -> Any:
+        d = self.d
+        k_exprs = ", ".join(f"j.{k} AS k_{k}" for k in self.plain_keys)
+        k_names = ", ".join(f"k_{k}" for k in self.plain_keys)
+        k_iv = ", ".join(f"iv.k_{k}" for k in self.plain_keys)
+        end = d.greatest(d.epoch("latest.t"), d.epoch("j.start_at"))
+        return self._text(f"""
+            WITH RECURSIVE {self._spans()},
+            latest AS (
+                SELECT target_id, MAX(received_at) AS t FROM polls
+                WHERE outcome = 'ok' GROUP BY target_id
+            ),
+            iv AS (
+                SELECT {pre(k_exprs)}{d.epoch("j.start_at")} AS s,
+                       CASE WHEN j.status = 'finished' THEN {d.epoch("j.end_at")}
+                            ELSE {end} END AS e
+                FROM jobs j LEFT JOIN latest ON latest.target_id = j.target_id
+                WHERE j.start_at < :until_ts
+                      AND (j.status = 'running' OR j.end_at > :since_ts)
+                      {self._target("j.target_id")}
+            ),
+            clipped AS (
+                SELECT {pre(k_iv)}spans.b0 AS b0, spans.hi - spans.lo AS span,
+                       {d.greatest("iv.s", "spans.lo")} - spans.lo AS s,
+                       {d.least("iv.e", "spans.hi")} - spans.lo AS e
+                FROM iv JOIN spans ON iv.s < spans.hi AND iv.e > spans.lo
+            ),
+            events AS (
+                SELECT {pre(k_names)}b0, span, s AS t, 1 AS d FROM clipped WHERE e > s
+                UNION ALL
+                SELECT {pre(k_names)}b0, span, e AS t, -1 AS d FROM clipped WHERE e > s
+            ),
+            levels AS (
+                SELECT events.*,
+                       SUM(d) OVER (PARTITION BY {pre(k_names)}b0 ORDER BY t, d
+                                    ROWS UNBOUNDED PRECEDING) AS level
+                FROM events
+            )
+            SELECT {pre(k_names)}b0, MAX(span) AS span, MAX(level) AS peak, -SUM(d * t) AS total
+            FROM levels GROUP BY {pre(k_names)}b0
+        """)
+
+    def coverage(self) -> Any:
+        d = self.d
+        target = "" if self.target_id is None else "WHERE t.id = :target_id"
+        return self._text(f"""
+            WITH RECURSIVE {self._spans()},
+            chosen AS (SELECT t.id AS target_id FROM targets t {target}),
+            ends AS (
+                SELECT c.target_id,
+                       (SELECT MIN(sent_at) FROM polls p
+                        WHERE p.target_id = c.target_id AND p.outcome = 'ok') AS first_ok,
+                       (SELECT MAX(id) FROM polls p
+                        WHERE p.target_id = c.target_id AND p.outcome = 'ok') AS last_ok_id,
+                       (SELECT MAX(id) FROM polls p WHERE p.target_id = c.target_id) AS last_id
+                FROM chosen c
+            ),
+            holes AS (
+                SELECT p.target_id AS target_id, {d.epoch("prev.sent_at")} AS s,
+                       {d.epoch("p.sent_at")} AS e, 1 AS is_gap
+                FROM polls p
+                JOIN polls prev ON prev.id = (
+                    SELECT MAX(q.id) FROM polls q
+                    WHERE q.target_id = p.target_id AND q.outcome = 'ok' AND q.id < p.id)
+                WHERE p.outcome = 'ok' AND p.after_gap AND p.sent_at > :since_ts
+                      AND p.target_id IN (SELECT target_id FROM chosen)
+                UNION ALL
+                SELECT target_id, -{_FAR},
+                       COALESCE({d.epoch("first_ok")}, {_FAR}), 0 FROM ends
+                UNION ALL
+                SELECT ends.target_id, {d.epoch("last.sent_at")}, {_FAR},
+                       CASE WHEN ends.last_id > ends.last_ok_id THEN 1 ELSE 0 END
+                FROM ends JOIN polls last ON last.id = ends.last_ok_id
+            ),
+            clipped AS (
+                SELECT holes.target_id, spans.b0, spans.hi - spans.lo AS span, holes.is_gap,
+                       {d.least("holes.e", "spans.hi")} - {d.greatest("holes.s", "spans.lo")} AS len
+                FROM holes JOIN spans ON holes.s < spans.hi AND holes.e > spans.lo
+            )
+            SELECT c.target_id AS target_id, spans.b0 AS b0, spans.hi - spans.lo AS span,
+                   COALESCE(SUM(clipped.len), 0) AS uncovered,
+                   COALESCE(SUM(clipped.is_gap), 0) AS gaps,
+                   COALESCE(MAX(CASE WHEN clipped.is_gap = 1 THEN clipped.len END), 0) AS longest
+            FROM chosen c CROSS JOIN spans
+            LEFT JOIN clipped ON clipped.target_id = c.target_id AND clipped.b0 = spans.b0
+            GROUP BY c.target_id, spans.b0, spans.hi, spans.lo
+        """)
+
+    def histogram(self) -> Any:
+        exprs, names = self._keys("j.end_at")
+        cases = " ".join(
+            f"WHEN j.duration_s < {edge} THEN {index - 1}"
+            for index, edge in enumerate(HISTOGRAM_EDGES)
+            if index > 0
+        )
+        last = len(HISTOGRAM_EDGES) - 1
+        return self._text(f"""
+            SELECT {exprs + ", " if exprs else ""}
+                   CASE {cases} ELSE {last} END AS bin, COUNT(*) AS n
+            FROM jobs j
+            WHERE j.status = 'finished' AND j.end_at >= :since_ts AND j.end_at < :until_ts
+                  {self._target("j.target_id")}
+            GROUP BY {names + ", " if names else ""}CASE {cases} ELSE {last} END
+        """)

@@ -1,0 +1,165 @@
+"""A brute-force, plain-Python computation of every `recorder stats` figure, by its definition."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from recorder.models import Job, Poll
+from recorder.stats import HISTOGRAM_EDGES, TIME_KEYS
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+@dataclass
+class Truth:
+    """One group's figures, computed naively."""
+
+    since: float
+    until: float
+    durations: list[float] = field(default_factory=list)
+    wide: int = 0
+    started: int = 0
+    running: int = 0
+    intervals: list[tuple[float, float]] = field(default_factory=list)
+    coverage: float = 0.0
+    gaps: int = 0
+    longest_gap: float = 0.0
+
+    def percentile(self, p: int) -> float | None:
+        ordered = sorted(self.durations)
+        if not ordered:
+            return None
+        return ordered[math.ceil(p * len(ordered) / 100) - 1]
+
+    def peak(self) -> int:
+        events = sorted([(s, 1) for s, _ in self.intervals] + [(e, -1) for _, e in self.intervals])
+        level = best = 0
+        for _, delta in events:  # ends sort before starts at the same instant
+            level += delta
+            best = max(best, level)
+        return best
+
+    def mean_concurrency(self) -> float:
+        return sum(e - s for s, e in self.intervals) / (self.until - self.since)
+
+    def histogram(self) -> dict[float, int]:
+        bins: dict[float, int] = defaultdict(int)
+        for d in self.durations:
+            lower = max(edge for edge in HISTOGRAM_EDGES if edge <= d)
+            bins[float(lower)] += 1
+        return dict(bins)
+
+
+def load(engine: Engine) -> tuple[list[Any], list[Any]]:
+    """Every job and every poll, as plain rows."""
+    with engine.connect() as conn:
+        jobs = conn.execute(select(Job.__table__)).all()
+        polls = conn.execute(select(Poll.__table__).order_by(Poll.id)).all()
+    return jobs, polls
+
+
+def compute(
+    jobs: list[Any], polls: list[Any], since: float, until: float, now: float, by: tuple[str, ...]
+) -> dict[tuple[Any, ...], Truth]:
+    """Every group's figures for the window [since, until)."""
+    time_key = next((k for k in by if k in TIME_KEYS), None)
+    size = TIME_KEYS[time_key] if time_key else None
+    spans = _spans(since, until, size)
+    groups: dict[tuple[Any, ...], Truth] = {}
+
+    def bucket(t: float) -> float:
+        return math.floor(t / size) * size if size else since
+
+    def group(job: Any, t: float | None) -> Truth:
+        key = tuple(bucket(t) if k in TIME_KEYS else getattr(job, k) for k in by)
+        b0 = bucket(t) if t is not None else since
+        lo, hi = (max(b0, since), min(b0 + size, until)) if size else (since, until)
+        return groups.setdefault(key, Truth(lo, hi))
+
+    if not by or by == (time_key,):
+        for b0, lo, hi in spans:
+            groups[(b0,) if by else ()] = Truth(lo, hi)
+
+    latest = _latest_ok(polls)
+    for job in jobs:
+        start = job.start_at.timestamp()
+        end = job.end_at.timestamp() if job.end_at is not None else None
+        if job.status == "finished" and since <= end < until:
+            g = group(job, end)
+            g.durations.append(job.duration_s)
+            g.wide += int(job.closed_across_gap)
+        if since <= start < until:
+            group(job, start).started += 1
+        if job.status == "running":
+            if size is None:
+                group(job, None).running += 1
+            elif since < now <= until:
+                group(job, min(now, until - 1e-6)).running += 1
+        stop = end if end is not None else max(latest[job.target_id], start)
+        for b0, lo, hi in spans:
+            s, e = max(start, lo), min(stop, hi)
+            if e > s:
+                group(job, b0 if size else None).intervals.append((s, e))
+
+    coverage = {b0: _coverage(polls, lo, hi) for b0, lo, hi in spans}
+    for key, truth in groups.items():
+        b0 = key[by.index(time_key)] if time_key else since
+        truth.coverage, truth.gaps, truth.longest_gap = coverage[b0]
+    return groups
+
+
+def _spans(since: float, until: float, size: int | None) -> list[tuple[float, float, float]]:
+    if size is None:
+        return [(since, since, until)]
+    spans = []
+    b0 = math.floor(since / size) * size
+    while b0 < until:
+        spans.append((float(b0), max(b0, since), min(b0 + size, until)))
+        b0 += size
+    return spans
+
+
+def _latest_ok(polls: list[Any]) -> dict[int, float]:
+    latest: dict[int, float] = {}
+    for poll in polls:
+        if poll.outcome == "ok":
+            latest[poll.target_id] = max(
+                latest.get(poll.target_id, 0.0), poll.received_at.timestamp()
+            )
+    return latest
+
+
+def _coverage(polls: list[Any], lo: float, hi: float) -> tuple[float, int, float]:
+    """Mean covered share over targets, the number of gaps, the longest (clipped) gap."""
+    by_target: dict[int, list[Any]] = defaultdict(list)
+    for poll in polls:
+        by_target[poll.target_id].append(poll)
+    shares, gaps, longest = [], 0, 0.0
+    for target_polls in by_target.values():
+        ok = [p for p in target_polls if p.outcome == "ok"]
+        covered = 0.0
+        for prev, poll in itertools.pairwise(ok):
+            overlap = _overlap(prev.sent_at.timestamp(), poll.sent_at.timestamp(), lo, hi)
+            if poll.after_gap:
+                if overlap > 0:
+                    gaps += 1
+                    longest = max(longest, overlap)
+            else:
+                covered += overlap
+        if ok and target_polls[-1].id > ok[-1].id:  # failing now: an open gap
+            overlap = _overlap(ok[-1].sent_at.timestamp(), math.inf, lo, hi)
+            if overlap > 0:
+                gaps += 1
+                longest = max(longest, overlap)
+        shares.append(covered / (hi - lo))
+    return sum(shares) / len(shares), gaps, longest
+
+
+def _overlap(s: float, e: float, lo: float, hi: float) -> float:
+    return max(0.0, min(e, hi) - max(s, lo))
