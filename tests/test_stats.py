@@ -175,15 +175,34 @@ def test_csv_matches_brute_force(history: tuple, by: tuple[str, ...]) -> None:
             for k in by
         )
         expected = truth[key]
-        assert row["since"] == iso(_dt(expected.since)) and row["until"] == iso(_dt(expected.until))
-        assert int(row["finished"]) == len(expected.durations)
-        assert int(row["started"]) == expected.started
-        p95 = expected.percentile(95)
-        assert (float(row["duration_p95_s"]) if row["duration_p95_s"] else None) == approx(p95)
-        assert int(row["peak_concurrency"]) == expected.peak()
-        assert float(row["mean_concurrency"]) == approx(expected.mean_concurrency())
-        assert float(row["coverage"]) == approx(expected.coverage)
-        assert int(row["gaps"]) == expected.gaps
+        assert row["since"] == iso(_dt(expected.since))
+        assert row["until"] == iso(_dt(expected.until))
+        for column, value in figures(expected).items():
+            got = float(row[column]) if row[column] != "" else None
+            assert got == approx(value), column
+
+
+def figures(truth: stats_model.Truth) -> dict[str, float | None]:
+    """Every figure of a group, named as the CSV columns are."""
+    durations = truth.durations
+    values: dict[str, float | None] = {
+        "finished": len(durations),
+        "started": truth.started,
+        "running": truth.running,
+        "duration_count": len(durations),
+        "duration_mean_s": sum(durations) / len(durations) if durations else None,
+        "duration_max_s": max(durations, default=None),
+        "duration_closed_across_gap": truth.wide,
+        "throughput_per_hour": len(durations) / ((truth.until - truth.since) / 3600),
+        "peak_concurrency": truth.peak(),
+        "mean_concurrency": truth.mean_concurrency(),
+        "coverage": truth.coverage,
+        "gaps": truth.gaps,
+        "longest_gap_s": truth.longest_gap,
+    }
+    for p in stats_model.PERCENTILES:
+        values[f"duration_p{p}_s"] = truth.percentile(p)
+    return values
 
 
 @pytest.mark.parametrize("by", [(), ("type",)], ids=lambda by: "+".join(by) or "all")
@@ -196,14 +215,24 @@ def test_table_matches_brute_force(history: tuple, by: tuple[str, ...]) -> None:
     assert lines[0] == f"window: {iso(_dt(since))} .. {iso(_dt(until))} (6h30m)"
     header = lines[1].split()
     body = [line.split() for line in lines[3 : 3 + len(truth)]]
+    assert len(body) == len(truth)
     for cells in body:
-        row = dict(zip(header, cells, strict=False))
+        row = dict(zip(header, cells, strict=True))
         expected = truth[tuple(row[k] for k in by)]
-        assert int(row["finished"]) == len(expected.durations)
-        assert row["p50"] == human_duration(expected.percentile(50))
-        assert row["p99"] == human_duration(expected.percentile(99))
-        assert int(row["peak"]) == expected.peak()
+        want = figures(expected)
+        assert int(row["finished"]) == want["finished"]
+        assert int(row["started"]) == want["started"]
+        assert int(row["running"]) == want["running"]
+        for column in ("mean", "p50", "p90", "p95", "p99", "max"):
+            key = f"duration_{column}_s" if column != "mean" else "duration_mean_s"
+            assert row[column] == human_duration(want[key]), column
+        assert int(row["wide"]) == want["duration_closed_across_gap"]
+        assert row["per_hour"] == f"{want['throughput_per_hour']:.1f}"
+        assert int(row["peak"]) == want["peak_concurrency"]
+        assert row["mean_conc"] == f"{want['mean_concurrency']:.2f}"
         assert row["coverage"] == f"{expected.coverage:.1%}"
+        assert int(row["gaps"]) == want["gaps"]
+        assert row["longest_gap"] == human_duration(expected.longest_gap)
     assert "durations of finished jobs" in output  # --histogram
 
 
