@@ -44,6 +44,12 @@ class State:
                 raise click.ClickException(str(exc)) from None
         return self._engine
 
+    def close(self) -> None:
+        """Close the database's connections."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
 
 pass_state = click.make_pass_decorator(State)
 
@@ -96,6 +102,7 @@ def cli(ctx: click.Context, db_url: str | None, verbose: int, quiet: bool) -> No
     """
     _setup_logging(-1 if quiet else verbose)
     ctx.obj = State(db_url)
+    ctx.call_on_close(ctx.obj.close)
 
 
 def _endpoint_options(func: FC) -> FC:

@@ -26,6 +26,8 @@ log = logging.getLogger("recorder")
 # Longest pause after repeated 429/5xx answers; a Retry-After is honoured up to RETRY_AFTER_CAP_S.
 MAX_BACKOFF_S = 120.0
 RETRY_AFTER_CAP_S = 3600.0
+# How often the loop looks for a stop request from a signal handler.
+_WATCH_S = 0.2
 _BACKOFF_OUTCOMES = frozenset({Outcome.RATE_LIMITED, Outcome.SERVER})
 _LOUD_OUTCOMES = frozenset({Outcome.AUTH, Outcome.PAYMENT})
 
@@ -136,9 +138,17 @@ class Daemon:
             log.info("vanished   %s", _describe_closed(closed))
 
     def run(self, stop_after: float | None = None) -> None:
-        """Poll until SIGINT or SIGTERM (or `stop_after` seconds); the poll in flight finishes."""
+        """Poll until SIGINT or SIGTERM (or `stop_after` seconds); the poll in flight finishes.
+
+        The signal handler only records the signal. Anything more inside a handler is unsafe:
+        it runs on the main thread between two bytecodes of the scheduler's loop, possibly while
+        that loop holds the very lock that shutting down needs (a deadlock), and an exception
+        raised there can leave a lock half-released. A watcher job notices the request within
+        a fraction of a second and shuts the scheduler down from outside the handler.
+        """
+        polls = ThreadPoolExecutor(max_workers=1)
         scheduler = BlockingScheduler(
-            executors={"default": ThreadPoolExecutor(max_workers=1)}, timezone=UTC
+            executors={"default": polls, "watch": ThreadPoolExecutor(max_workers=1)}, timezone=UTC
         )
         scheduler.add_job(
             self.tick,
@@ -149,38 +159,42 @@ class Daemon:
             coalesce=True,
             misfire_grace_time=max(1, int(self.interval)),
         )
+        requested: list[str] = []
+
+        def watch() -> None:
+            if requested and scheduler.running:
+                scheduler.shutdown(wait=False)
+
+        scheduler.add_job(
+            watch,
+            IntervalTrigger(seconds=_WATCH_S, timezone=UTC),
+            id="watch",
+            executor="watch",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
         signals = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGALRM] if stop_after else [])
         previous = {sig: signal.getsignal(sig) for sig in signals}
 
-        def stop(signum: int, _frame: FrameType | None) -> None:
-            # Only raise here: shutting down inside a handler can deadlock, since the handler
-            # may interrupt the scheduler's main thread while it holds the lock shutdown needs.
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            requested.append(signal.Signals(signum).name)  # no lock taken, nothing raised
             for sig, handler in previous.items():
                 signal.signal(sig, handler)  # a second signal acts as it normally would
-            raise _StopRequested(signal.Signals(signum).name)
 
         for sig in signals:
-            signal.signal(sig, stop)
+            signal.signal(sig, on_signal)
         if stop_after:
             signal.setitimer(signal.ITIMER_REAL, stop_after)
         try:
             scheduler.start()
-        except _StopRequested as request:
-            log.info("stopping (%s): finishing the poll in flight", request)
+            log.info("stopping (%s): finishing the poll in flight", ", ".join(requested))
+            polls.shutdown(wait=True)
         finally:
             if stop_after:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-            if scheduler.running:
-                scheduler.shutdown(wait=True)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-
-
-class _StopRequested(BaseException):
-    """Raised by the signal handler to leave the scheduler's loop on the main thread.
-
-    A BaseException, so that no ``except Exception`` in the scheduler's loop swallows it.
-    """
 
 
 def _describe_opened(event: Opened) -> str:

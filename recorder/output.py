@@ -6,7 +6,8 @@ import csv
 import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 from typing import IO, Any
 
 FORMATS = ("table", "json", "jsonl", "csv")
@@ -20,10 +21,18 @@ def default_format(stream: IO[str] | None = None) -> str:
 
 
 def json_value(value: Any) -> Any:
-    """A value as JSON shows it: datetimes in ISO-8601 UTC with Z."""
+    """A value as JSON shows it: datetimes in ISO-8601 UTC with Z, decimals as numbers."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
     if isinstance(value, datetime):
         return iso(value)
-    return value
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, date | time):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    return str(value)
 
 
 def iso(value: datetime) -> str:
@@ -90,11 +99,9 @@ def _csv(rows: Iterable[Row], out: IO[str], columns: Sequence[str] | None) -> No
 def _text(value: Any) -> str:
     if value is None:
         return ""
-    if isinstance(value, datetime):
-        return iso(value)
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value)
+    return str(json_value(value))
 
 
 def _table(rows: list[Row], out: IO[str], columns: Sequence[str] | None) -> None:

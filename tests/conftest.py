@@ -1,8 +1,9 @@
-"""Shared fixtures: a fresh database per test, and helpers to feed the recorder without HTTP."""
+"""Shared fixtures: every database test runs on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -10,12 +11,47 @@ from sqlalchemy import Engine
 
 from recorder import db
 from recorder.store import Store
+from tests import postgres
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[postgres.Server | str]:
+    """The session's PostgreSQL server, started on first use; else why there is none."""
+    try:
+        server = postgres.start()
+    except (postgres.Unavailable, OSError) as exc:
+        yield str(exc)
+        return
+    yield server
+    server.stop()
+
+
+@contextmanager
+def new_database(backend: str, directory: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A URL for a new, empty database on `backend`."""
+    if backend == "sqlite":
+        yield f"sqlite:///{directory / 'recorder.db'}"
+        return
+    server = request.getfixturevalue("pg_server")
+    if isinstance(server, str):
+        postgres.unavailable(server)
+    with server.database() as url:
+        yield url
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The database backend under test."""
+    return str(request.param)
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    """A URL for a new, empty database."""
-    return f"sqlite:///{tmp_path / 'recorder.db'}"
+def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A URL for a new, empty database on the backend under test."""
+    with new_database(backend, tmp_path, request) as url:
+        yield url
 
 
 @pytest.fixture
@@ -30,3 +66,20 @@ def engine(db_url: str) -> Iterator[Engine]:
 def store(engine: Engine) -> Store:
     """A store on a new database."""
     return Store(engine)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say how many tests ran on PostgreSQL, so that a silent skip cannot pass unnoticed."""
+    counts = dict.fromkeys(("passed", "failed", "skipped", "error"), 0)
+    for outcome in counts:
+        for report in terminalreporter.stats.get(outcome, []):
+            nodeid = getattr(report, "nodeid", "")
+            if "postgresql" not in nodeid:
+                continue
+            if outcome == "passed" and report.when != "call":
+                continue
+            counts[outcome] += 1
+    terminalreporter.write_line(
+        "PostgreSQL: {passed} tests passed, {failed} failed, {error} errors, "
+        "{skipped} skipped".format(**counts)
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,19 +14,22 @@ from sqlalchemy import func, select
 from recorder import db
 from recorder.cli import cli
 from recorder.models import Base
+from tests.conftest import BACKENDS, new_database
 from tests.test_stats import record_history
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "sql.md"
 QUERIES = re.findall(r"```sql\n(.*?)```", DOCS.read_text(), flags=re.S)
 
 
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = f"sqlite:///{tmp_path_factory.mktemp('sql') / 'history.db'}"
-    engine = db.open_database(url)
-    record_history(engine)
-    engine.dispose()
-    return url
+@pytest.fixture(scope="module", params=BACKENDS)
+def recorded(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    with new_database(request.param, tmp_path_factory.mktemp("sql"), request) as url:
+        engine = db.open_database(url)
+        record_history(engine)
+        engine.dispose()
+        yield url
 
 
 def sql(url: str, query: str, fmt: str = "json") -> tuple[int, str]:
@@ -114,5 +118,7 @@ def test_exactly_one_statement(recorded: str, query: str) -> None:
 def test_a_bad_query_gets_one_clear_line(recorded: str) -> None:
     code, output = sql(recorded, "SELECT nope FROM job_history")
     assert code == 1
-    assert "no such column: nope" in output
+    # SQLite: "no such column: nope"; PostgreSQL: 'column "nope" does not exist'.
+    assert re.search(r"no such column: nope|column \"nope\" does not exist", output)
+    assert output.count("\n") == 1
     assert "Traceback" not in output

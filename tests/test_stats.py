@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import random
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from recorder.pipeline import Pipeline
 from recorder.simulator import JobKind, ManualClock, SimConfig, Simulator
 from recorder.store import Store
 from tests import stats_model
+from tests.conftest import BACKENDS, new_database
 from tests.feeding import failed, ok
 
 T0 = 1_750_000_000.0  # 2025-06-15T15:06:40Z
@@ -56,14 +58,16 @@ def record_history(engine: Engine) -> None:
         pipeline_b.poll_once()
 
 
-@pytest.fixture(scope="module")
-def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list, list]:
-    url = f"sqlite:///{tmp_path_factory.mktemp('stats') / 'history.db'}"
-    engine = db.open_database(url)
-    record_history(engine)
-    jobs, polls = stats_model.load(engine)
-    engine.dispose()
-    return url, jobs, polls
+@pytest.fixture(scope="module", params=BACKENDS)
+def history(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, list, list]]:
+    with new_database(request.param, tmp_path_factory.mktemp("stats"), request) as url:
+        engine = db.open_database(url)
+        record_history(engine)
+        jobs, polls = stats_model.load(engine)
+        engine.dispose()
+        yield url, jobs, polls
 
 
 WINDOWS = {

@@ -200,6 +200,7 @@ def test_a_database_from_a_newer_recorder_is_refused(db_url: str, engine: Engine
         db.open_database(db_url)
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
 def test_the_sqlite_database_runs_in_wal_mode(engine: Engine) -> None:
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
