@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from recorder import db
 from recorder.models import Base
 
 config = context.config
+# An arbitrary constant: the advisory lock that serializes migrations on PostgreSQL.
+LOCK_KEY = 7_220_431_905
 target_metadata = Base.metadata
 
 
@@ -44,6 +46,10 @@ def run_migrations_online() -> None:
             compare_type=True,
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Recorders that start together on a new database take turns: the second
+                # finds the schema migrated. (On SQLite, BEGIN IMMEDIATE does the same.)
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
             context.run_migrations()
     if "engine" not in config.attributes:
         engine.dispose()

@@ -172,11 +172,11 @@ def run(
 
         USEAPI_TOKEN=... recorder run --interval 10
     """
-    from recorder.daemon import Daemon
+    from recorder.daemon import Daemon, lease_ttl
 
     pipeline, engine = _pipeline(state, url, token_file, timeout, insecure, interval)
     log.info("recording %s every %gs into %s", url, interval, db.masked(str(engine.url)))
-    Daemon(pipeline, interval).run()
+    Daemon(pipeline, interval, lease_ttl_s=lease_ttl(interval, timeout)).run()
     log.info("stopped")
 
 
@@ -190,10 +190,14 @@ def poll(state: State, url: str, token_file: Path | None, timeout: float, insecu
 
         USEAPI_TOKEN=... recorder poll
     """
+    from recorder.daemon import TargetBusy, poll_once
     from recorder.snapshot import Failure
 
     pipeline, _ = _pipeline(state, url, token_file, timeout, insecure, DEFAULT_INTERVAL_S)
-    recorded = pipeline.poll_once()
+    try:
+        recorded = poll_once(pipeline, timeout)
+    except TargetBusy as exc:
+        raise click.ClickException(str(exc)) from None
     answer = recorded.result.answer
     if isinstance(answer, Failure):
         raise click.ClickException(f"poll failed ({answer.outcome.value}): {answer.message}")

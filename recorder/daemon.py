@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from recorder.db import one_line
 from recorder.inference import Closed, Opened, Reopened
+from recorder.lease import LeaseLost, RecordingLease
 from recorder.output import human_duration
 from recorder.pipeline import Pipeline, Recorded
 from recorder.snapshot import Failure, Outcome
@@ -56,35 +57,116 @@ class Daemon:
         *,
         monotonic: Callable[[], float] = time.monotonic,
         on_poll: Callable[[Recorded | None], None] | None = None,
+        lease_ttl_s: float | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        """Prepare to poll every `interval` seconds; `on_poll` sees each tick's outcome."""
+        """Prepare to poll every `interval` seconds; `on_poll` sees each tick's outcome.
+
+        With `lease_ttl_s`, the daemon records only while it holds the target's lease: a second
+        daemon on the same target stands by, and takes over after that much silence.
+        """
         if interval <= 0:
             raise ValueError("the interval must be positive")
         self.pipeline = pipeline
         self.interval = interval
         self.monotonic = monotonic
+        self.wall_clock = wall_clock
         self.on_poll = on_poll
+        self.lease_ttl_s = lease_ttl_s
         self.health = Health()
         self.polls = 0
+        self.holding = lease_ttl_s is None
+        self._lease: RecordingLease | None = None
+        self._standing_by = False
+        self._last_write = monotonic()
         self._not_before = 0.0
         self._backoff_level = 0
 
     def tick(self) -> Recorded | None:
-        """One scheduled run: poll and record, unless backing off. Never raises."""
+        """One scheduled run: poll and record, unless standing by or backing off. Never raises."""
+        if not self._hold():
+            return None
         if self.monotonic() < self._not_before:
+            self._renew_if_quiet()
             return None
         recorded: Recorded | None = None
         try:
             recorded = self.pipeline.poll_once()
+        except LeaseLost as exc:
+            log.warning("stopped recording: %s; standing by", exc)
+            self.holding, self._standing_by = False, True
         except SQLAlchemyError as exc:
             self._set_health("database", f"cannot write to the database: {one_line(exc)}")
         else:
             self.polls += 1
+            self._last_write = self.monotonic()
             self._log_changes(recorded)
             self._after(recorded)
         if self.on_poll is not None:
             self.on_poll(recorded)
         return recorded
+
+    def _hold(self) -> bool:
+        """True when this daemon may record: it holds the lease, or just took it."""
+        if self.holding:
+            return True
+        assert self.lease_ttl_s is not None
+        try:
+            if self._lease is None:
+                target_id = self.pipeline.attach(self.wall_clock())
+                self._lease = RecordingLease(
+                    self.pipeline.store.engine, target_id, self.lease_ttl_s, clock=self.wall_clock
+                )
+                self.pipeline.lease = self._lease
+            holding = self._lease.acquire()
+        except SQLAlchemyError as exc:
+            self._set_health("database", f"cannot reach the database: {one_line(exc)}")
+            return False
+        if not holding.acquired:
+            if not self._standing_by:
+                log.warning(
+                    "standby: %s is recorded by %s (last sign of life %s ago); taking over "
+                    "after %s of silence",
+                    self.pipeline.url,
+                    holding.holder,
+                    human_duration(holding.silent_s),
+                    human_duration(self.lease_ttl_s),
+                )
+                self._standing_by = True
+            return False
+        if holding.previous is not None:
+            log.warning(
+                "took over %s from %s, silent too long", self.pipeline.url, holding.previous
+            )
+        elif self._standing_by:
+            log.info("recording %s: the lease is free", self.pipeline.url)
+        self.pipeline.reload()  # the other recorder may have written since we last read
+        self.holding, self._standing_by = True, False
+        self._last_write = self.monotonic()
+        return True
+
+    def _renew_if_quiet(self) -> None:
+        if self._lease is None or self.lease_ttl_s is None:
+            return
+        if self.monotonic() - self._last_write < self.lease_ttl_s / 3:
+            return
+        try:
+            self._lease.renew()
+            self._last_write = self.monotonic()
+        except LeaseLost as exc:
+            log.warning("stopped recording: %s; standing by", exc)
+            self.holding, self._standing_by = False, True
+        except SQLAlchemyError as exc:
+            self._set_health("database", f"cannot write to the database: {one_line(exc)}")
+
+    def release(self) -> None:
+        """Give up the lease, if held, so that a standby takes over at once."""
+        if self._lease is not None and self.holding:
+            try:
+                self._lease.release()
+            except SQLAlchemyError as exc:
+                log.warning("could not release the lease: %s", one_line(exc))
+            self.holding = False
 
     def _after(self, recorded: Recorded) -> None:
         answer = recorded.result.answer
@@ -190,11 +272,41 @@ class Daemon:
             scheduler.start()
             log.info("stopping (%s): finishing the poll in flight", ", ".join(requested))
             polls.shutdown(wait=True)
+            self.release()
         finally:
             if stop_after:
                 signal.setitimer(signal.ITIMER_REAL, 0)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+class TargetBusy(Exception):
+    """Another recorder holds the target; the message says which."""
+
+
+def lease_ttl(interval: float, timeout: float) -> float:
+    """How long a recorder may be silent before another takes its target over."""
+    return 3 * interval + timeout
+
+
+def poll_once(
+    pipeline: Pipeline, timeout: float, clock: Callable[[], float] = time.time
+) -> Recorded:
+    """One poll, recorded, unless a daemon is recording the target (then TargetBusy)."""
+    lease = RecordingLease(
+        pipeline.store.engine, pipeline.attach(clock()), timeout + 5.0, clock=clock
+    )
+    holding = lease.acquire()
+    if not holding.acquired:
+        raise TargetBusy(
+            f"{pipeline.url} is being recorded by {holding.holder} (last sign of life "
+            f"{human_duration(holding.silent_s)} ago); not polling"
+        )
+    pipeline.lease = lease
+    try:
+        return pipeline.poll_once()
+    finally:
+        lease.release()
 
 
 def _describe_opened(event: Opened) -> str:

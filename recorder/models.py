@@ -6,6 +6,7 @@ Tables (see docs/schema.md):
 * ``polls``: one row per poll, successful or not. A poll that changed nothing writes only this.
 * ``jobs``: one row per job id and target, with its inferred start, end and duration.
 * ``transitions``: appeared / vanished / reappeared, each with the poll that saw it.
+* ``leases``: which recorder process holds the right to record a target.
 * ``observations``: what the list said about a job, written when it first appears and whenever
   it shows something the stored state does not predict; with ``polls.server_time`` and the
   transitions, every past list can be rebuilt exactly.
@@ -176,6 +177,20 @@ class Job(Base):
         Index("ix_jobs_start_at", "start_at"),
         Index("ix_jobs_end_at", "end_at"),
     )
+
+
+class Lease(Base):
+    """Which recorder holds the right to record a target (one writer per target)."""
+
+    __tablename__ = "leases"
+
+    target_id: Mapped[int] = mapped_column(ForeignKey("targets.id"), primary_key=True)
+    holder: Mapped[str] = mapped_column(String)
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Last sign of life besides the holder's poll rows (written only during long backoffs).
+    renewed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Silence after which another recorder may take the target over.
+    ttl_s: Mapped[float] = mapped_column(Double)
 
 
 class Transition(Base):

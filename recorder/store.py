@@ -25,6 +25,7 @@ from recorder.inference import (
     StepResult,
     TargetState,
 )
+from recorder.lease import RecordingLease
 from recorder.models import Job, Observation, Poll, Target, Transition
 from recorder.snapshot import Item, Outcome, PollResult, Snapshot
 
@@ -135,10 +136,21 @@ class Store:
         return found
 
     def record(
-        self, target_id: int, result: PollResult, change: StepResult, last_ok_poll_id: int | None
+        self,
+        target_id: int,
+        result: PollResult,
+        change: StepResult,
+        last_ok_poll_id: int | None,
+        lease: RecordingLease | None = None,
     ) -> int:
-        """Write one poll and everything it changed, in one transaction; returns the poll id."""
+        """Write one poll and everything it changed, in one transaction; returns the poll id.
+
+        With a lease, the transaction first checks that this process still holds the target
+        (raising LeaseLost, and writing nothing, when another recorder took it over).
+        """
         with self.engine.begin() as conn:
+            if lease is not None:
+                lease.check(conn)
             poll_id = _insert_poll(conn, target_id, result, change)
             if change.changed:
                 _write_changes(conn, target_id, poll_id, result, change, last_ok_poll_id)

@@ -74,7 +74,9 @@ class Server:
     def restart(self) -> None:
         """Restart the server (fast shutdown: connections are cut)."""
         assert self.data_dir is not None, "only a server the suite started can be restarted"
-        self._run("pg_ctl", "-D", str(self.data_dir / "data"), "-m", "fast", "-w", "restart")
+        data, log = str(self.data_dir / "data"), str(self.data_dir / "log")
+        # -l: without a log file the server would keep our captured pipes open.
+        self._run("pg_ctl", "-D", data, "-l", log, "-m", "fast", "-w", "restart")
 
     def stop(self) -> None:
         """Stop the server and remove its files."""
@@ -88,7 +90,7 @@ class Server:
     def database(self) -> Iterator[str]:
         """A new, empty database for one test; dropped afterwards."""
         name = f"t_{uuid.uuid4().hex[:16]}"
-        admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
         try:
             with admin.connect() as conn:
                 conn.execute(text(f'CREATE DATABASE "{name}"'))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -27,8 +28,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base / "site"
 
 
-def run_installed(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"PYTHONPATH": str(site)}
+def run_installed(
+    site: Path, cwd: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"PYTHONPATH": str(site)} | (env or {})
     env.pop("RECORDER_DB", None)
     return subprocess.run(
         [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, check=False
@@ -53,3 +56,22 @@ def test_an_installed_recorder_upgrades_a_new_database_elsewhere(
     with sqlite3.connect(tmp_path / "fresh.db") as conn:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     assert {"targets", "polls", "jobs", "transitions", "observations"} <= tables
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_an_installed_recorder_records_into_postgresql(
+    installed: Path, tmp_path: Path, db_url: str
+) -> None:
+    from recorder.simulator import SimConfig, Simulator
+
+    with Simulator(SimConfig(seed=2, token="tok-install", initial_jobs=3)) as sim:
+        env = {"USEAPI_TOKEN": "tok-install"}
+        result = run_installed(
+            installed, tmp_path, "-m", "recorder", "--db", db_url, "poll", "--url", sim.url, env=env
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ok: 3 job(s) listed; 3 appeared, 0 reappeared, 0 vanished\n"
+    listed = run_installed(
+        installed, tmp_path, "-m", "recorder", "--db", db_url, "jobs", "--format", "json"
+    )
+    assert len(json.loads(listed.stdout)) == 3

@@ -73,6 +73,7 @@ def test_a_poll_with_1000_jobs_in_flight_and_no_change_writes_one_row(
         "jobs": 0,
         "transitions": 0,
         "observations": 0,
+        "leases": 0,
     }
     assert sum(after_third.values()) - sum(after_second.values()) == 1
 
@@ -205,3 +206,18 @@ def test_the_sqlite_database_runs_in_wal_mode(engine: Engine) -> None:
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_restarted_postgresql_is_reconnected_to(
+    store: Store, engine: Engine, pg_server: object
+) -> None:
+    clock = ManualClock(T0)
+    sim = Simulator(SimConfig(seed=3, initial_jobs=3), clock=clock)
+    recorder = Pipeline(store, URL, lambda: ok(sim, clock), gap_s=30.0)
+    recorder.poll_once()
+    pg_server.restart()  # type: ignore[attr-defined]  # every pooled connection is now dead
+    clock.advance(5.0)
+    recorded = recorder.poll_once()  # pre-ping replaces the dead connection
+    assert recorded.poll_id > 0
+    assert row_counts(engine)["polls"] == 2
