@@ -38,6 +38,7 @@ import urllib3.exceptions
 from requests.structures import CaseInsensitiveDict
 
 from recorder import __version__
+from recorder.clock import SteadyClock
 from recorder.parse import PayloadError, parse_body
 from recorder.secret import Secret
 from recorder.snapshot import Failure, Outcome, PollResult, Snapshot
@@ -86,7 +87,7 @@ class SchedulerClient:
         *,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-        wall_clock: Clock = time.time,
+        wall_clock: Clock | None = None,
         monotonic: Clock = time.monotonic,
         session: requests.Session | None = None,
     ) -> None:
@@ -98,7 +99,10 @@ class SchedulerClient:
         self._token = _make_secret(token)
         self._timeout = (float(timeout[0]), float(timeout[1]))
         self._max_body_bytes = max_body_bytes
-        self._wall_clock = wall_clock
+        # Poll times advance with the monotonic clock: a step of the host clock cannot bend them.
+        self._wall_clock = (
+            wall_clock if wall_clock is not None else SteadyClock(monotonic=monotonic)
+        )
         self._monotonic = monotonic
         self._owns_session = session is None
         self._session = requests.Session() if session is None else session

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.exc import SQLAlchemyError
 
+from recorder.clock import SteadyClock
 from recorder.db import one_line
 from recorder.inference import Closed, Opened, Reopened
 from recorder.lease import LeaseLost, RecordingLease
@@ -27,15 +29,16 @@ log = logging.getLogger("recorder")
 # Longest pause after repeated 429/5xx answers; a Retry-After is honoured up to RETRY_AFTER_CAP_S.
 MAX_BACKOFF_S = 120.0
 RETRY_AFTER_CAP_S = 3600.0
-# How often the loop looks for a stop request from a signal handler.
+# How often the monitor looks for a stop request, and what drift counts as a clock step.
 _WATCH_S = 0.2
+_CLOCK_STEP_S = 2.0
 _BACKOFF_OUTCOMES = frozenset({Outcome.RATE_LIMITED, Outcome.SERVER})
 _LOUD_OUTCOMES = frozenset({Outcome.AUTH, Outcome.PAYMENT})
 
 
 def gap_threshold(interval: float) -> float:
     """Silence between successful polls longer than this is a gap in the record."""
-    return max(3 * interval, interval + 5.0)
+    return 3 * interval + 1.0
 
 
 @dataclass
@@ -78,6 +81,7 @@ class Daemon:
         self.holding = lease_ttl_s is None
         self._lease: RecordingLease | None = None
         self._standing_by = False
+        self._told_dropped = False
         self._last_write = monotonic()
         self._not_before = 0.0
         self._backoff_level = 0
@@ -91,16 +95,25 @@ class Daemon:
             return None
         recorded: Recorded | None = None
         try:
-            recorded = self.pipeline.poll_once()
+            batch = self.pipeline.collect()
         except LeaseLost as exc:
             log.warning("stopped recording: %s; standing by", exc)
+            self.pipeline.pending.clear()  # the new holder records from now on
             self.holding, self._standing_by = False, True
         except SQLAlchemyError as exc:
-            self._set_health("database", f"cannot write to the database: {one_line(exc)}")
+            waiting = len(self.pipeline.pending)
+            self._set_health(
+                "database",
+                f"cannot write to the database ({waiting} poll(s) kept, to be written in order "
+                f"when it is back): {one_line(exc)}",
+            )
+            self._report_dropped()
         else:
-            self.polls += 1
+            self.polls += len(batch)
             self._last_write = self.monotonic()
-            self._log_changes(recorded)
+            for each in batch:
+                self._log_changes(each)
+            recorded = batch[-1]
             self._after(recorded)
         if self.on_poll is not None:
             self.on_poll(recorded)
@@ -144,6 +157,15 @@ class Daemon:
         self.holding, self._standing_by = True, False
         self._last_write = self.monotonic()
         return True
+
+    def _report_dropped(self) -> None:
+        if self.pipeline.dropped and not self._told_dropped:
+            log.error(
+                "%d poll(s) kept while the database is down: newer polls are dropped, and the "
+                "record will show a gap",
+                self.pipeline.max_pending,
+            )
+            self._told_dropped = True
 
     def _renew_if_quiet(self) -> None:
         if self._lease is None or self.lease_ttl_s is None:
@@ -225,13 +247,11 @@ class Daemon:
         The signal handler only records the signal. Anything more inside a handler is unsafe:
         it runs on the main thread between two bytecodes of the scheduler's loop, possibly while
         that loop holds the very lock that shutting down needs (a deadlock), and an exception
-        raised there can leave a lock half-released. A watcher job notices the request within
-        a fraction of a second and shuts the scheduler down from outside the handler.
+        raised there can leave a lock half-released. A monitor thread notices the request
+        within a fraction of a second and shuts the scheduler down from outside the handler.
         """
         polls = ThreadPoolExecutor(max_workers=1)
-        scheduler = BlockingScheduler(
-            executors={"default": polls, "watch": ThreadPoolExecutor(max_workers=1)}, timezone=UTC
-        )
+        scheduler = BlockingScheduler(executors={"default": polls}, timezone=UTC)
         scheduler.add_job(
             self.tick,
             IntervalTrigger(seconds=self.interval, timezone=UTC),
@@ -242,19 +262,9 @@ class Daemon:
             misfire_grace_time=max(1, int(self.interval)),
         )
         requested: list[str] = []
-
-        def watch() -> None:
-            if requested and scheduler.running:
-                scheduler.shutdown(wait=False)
-
-        scheduler.add_job(
-            watch,
-            IntervalTrigger(seconds=_WATCH_S, timezone=UTC),
-            id="watch",
-            executor="watch",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=None,
+        done = threading.Event()
+        monitor = threading.Thread(
+            target=_monitor, args=(scheduler, requested, done), name="recorder-monitor", daemon=True
         )
         signals = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGALRM] if stop_after else [])
         previous = {sig: signal.getsignal(sig) for sig in signals}
@@ -268,16 +278,37 @@ class Daemon:
             signal.signal(sig, on_signal)
         if stop_after:
             signal.setitimer(signal.ITIMER_REAL, stop_after)
+        monitor.start()
         try:
             scheduler.start()
             log.info("stopping (%s): finishing the poll in flight", ", ".join(requested))
             polls.shutdown(wait=True)
             self.release()
         finally:
+            done.set()
+            monitor.join()
             if stop_after:
                 signal.setitimer(signal.ITIMER_REAL, 0)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def _monitor(scheduler: BlockingScheduler, requested: list[str], done: threading.Event) -> None:
+    """Stop the scheduler when a signal asked for it; re-time it when the host clock steps.
+
+    APScheduler times its runs on the wall clock: after a step back of an hour it would wait an
+    hour for the next poll. Waiting here is on the monotonic clock, so a step shows as drift.
+    """
+    steady = SteadyClock()
+    while not done.wait(_WATCH_S):
+        if requested and scheduler.running:
+            scheduler.shutdown(wait=False)
+            return
+        drift = steady.drift()
+        if abs(drift) > _CLOCK_STEP_S and scheduler.running:
+            log.warning("the host clock stepped by %+.1fs; polling again now", drift)
+            steady = SteadyClock()
+            scheduler.modify_job("poll", next_run_time=datetime.now(UTC))
 
 
 class TargetBusy(Exception):

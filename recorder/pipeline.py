@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ from recorder.snapshot import PollResult, Snapshot
 from recorder.store import Store
 
 PollSource = Callable[[], PollResult]
+# About a day of polls at the default interval, yet small in memory for ordinary lists.
+MAX_PENDING = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +29,15 @@ class Recorded:
 class Pipeline:
     """Records successive polls of one target, carrying the inference state between them."""
 
-    def __init__(self, store: Store, url: str, source: PollSource, *, gap_s: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        url: str,
+        source: PollSource,
+        *,
+        gap_s: float,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
         """Prepare to record `url` into `store`; nothing is read or written yet."""
         self.store = store
         self.url = url
@@ -37,6 +48,11 @@ class Pipeline:
         self.last_ok_poll_id: int | None = None
         # When set, every write first checks that this process still holds the target.
         self.lease: RecordingLease | None = None
+        # Polls made while the database could not take them, oldest first; written in order
+        # once it can. Bounded: when full, newer polls are dropped and the record shows a gap.
+        self.pending: deque[PollResult] = deque()
+        self.max_pending = max_pending
+        self.dropped = 0
         self._loaded = False
 
     def attach(self, now: float) -> int:
@@ -53,8 +69,29 @@ class Pipeline:
         self._loaded = True
 
     def poll_once(self) -> Recorded:
-        """Poll once and record it; the state advances only once the write committed."""
-        return self.record(self.source())
+        """Poll once and record it (after any polls still waiting); returns this poll's record."""
+        return self.collect()[-1]
+
+    def collect(self) -> list[Recorded]:
+        """Poll once, then write every poll waiting, oldest first.
+
+        When the database fails, the poll waits in `pending` and the error propagates; the
+        inference state advances only as each poll's write commits.
+        """
+        result = self.source()
+        if len(self.pending) < self.max_pending:
+            self.pending.append(result)
+        else:
+            self.dropped += 1
+        return self.flush()
+
+    def flush(self) -> list[Recorded]:
+        """Write the waiting polls in order; stop at the first that fails."""
+        written = []
+        while self.pending:
+            written.append(self.record(self.pending[0]))
+            self.pending.popleft()
+        return written
 
     def record(self, result: PollResult) -> Recorded:
         """Infer what `result` changed and store it in one transaction."""
