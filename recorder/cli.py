@@ -555,6 +555,33 @@ def demo(seconds: float, interval: float, seed: int, keep: Path | None) -> None:
         run_demo(seconds=seconds, interval=interval, seed=seed, keep=keep, out=sys.stdout)
 
 
+@cli.command()
+@_format_option()
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="Seconds after which a target's latest poll is too old to call it healthy.",
+)
+@pass_state
+def status(state: State, fmt: str | None, max_age: float) -> None:
+    """Show each target's health; exit 1 when any target is unhealthy (for monitoring).
+
+    A target is healthy when its latest poll succeeded and is at most --max-age seconds old.
+
+    Example:
+
+        recorder status --format json
+    """
+    from recorder import reports
+
+    rows = reports.status(state.engine(), _now(), max_age)
+    render(rows, fmt or default_format(), sys.stdout, reports.STATUS_FIELDS)
+    if not rows or not all(row["healthy"] for row in rows):
+        sys.exit(1)
+
+
 @cli.group(name="db")
 def db_group() -> None:
     """Manage the database: its location and schema."""

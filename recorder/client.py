@@ -174,10 +174,20 @@ class SchedulerClient:
         except _Abort as abort:
             return self._failure(abort.outcome, abort.message)
         try:
-            return parse_body(body)
+            snapshot = parse_body(body)
         except PayloadError as exc:
             message = f"HTTP {response.status_code}: {exc}{self._excerpt_suffix(body)}"
             return self._failure(Outcome.BAD_PAYLOAD, message)
+        if snapshot.untracked:
+            # A job whose id we cannot read would look finished: a list with such items is
+            # not trusted to be complete, so it closes nothing and opens nothing.
+            total = len(snapshot.items) + snapshot.untracked + snapshot.duplicates
+            message = (
+                f"HTTP {response.status_code}: {snapshot.untracked} of {total} item(s) have no "
+                "usable id; the list cannot be trusted to be complete"
+            )
+            return self._failure(Outcome.BAD_PAYLOAD, message)
+        return snapshot
 
     def _status_failure(self, response: requests.Response) -> Failure:
         status = response.status_code

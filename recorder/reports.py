@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, func, or_, select, text
 from sqlalchemy.orm import aliased
 
-from recorder.models import Job, Poll, Target
+from recorder.models import Job, Lease, Poll, Target
 from recorder.output import human_duration, iso
 from recorder.snapshot import Outcome
 
@@ -185,3 +185,64 @@ def table_row(job: dict[str, Any]) -> dict[str, Any]:
         "bounds": bounds,
         "gap": "yes" if job["closed_across_gap"] else "",
     }
+
+
+STATUS_FIELDS = (
+    "target",
+    "healthy",
+    "last_poll_at",
+    "last_outcome",
+    "last_error",
+    "last_ok_at",
+    "failing_polls",
+    "running_jobs",
+    "recorded_by",
+)
+
+
+def status(engine: Engine, now: datetime, max_age_s: float) -> list[dict[str, Any]]:
+    """Each target's health: its latest poll, its failure streak, who records it.
+
+    A target is healthy when its latest poll succeeded and is at most `max_age_s` old.
+    """
+    rows = []
+    with engine.connect() as conn:
+        for target in conn.execute(select(Target.id, Target.url).order_by(Target.url)):
+            last = conn.execute(
+                select(Poll.id, Poll.sent_at, Poll.outcome, Poll.error)
+                .where(Poll.target_id == target.id)
+                .order_by(Poll.id.desc())
+                .limit(1)
+            ).first()
+            last_ok = conn.execute(
+                select(Poll.id, Poll.sent_at)
+                .where(Poll.target_id == target.id, Poll.outcome == Outcome.OK.value)
+                .order_by(Poll.id.desc())
+                .limit(1)
+            ).first()
+            failing = conn.scalar(
+                select(func.count())
+                .select_from(Poll)
+                .where(Poll.target_id == target.id, Poll.id > (last_ok.id if last_ok else 0))
+            )
+            running = conn.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.target_id == target.id, Job.status == "running")
+            )
+            holder = conn.scalar(select(Lease.holder).where(Lease.target_id == target.id))
+            fresh = last is not None and (now - last.sent_at).total_seconds() <= max_age_s
+            rows.append(
+                {
+                    "target": target.url,
+                    "healthy": bool(fresh and last is not None and last.outcome == "ok"),
+                    "last_poll_at": last.sent_at if last else None,
+                    "last_outcome": last.outcome if last else None,
+                    "last_error": last.error if last else None,
+                    "last_ok_at": last_ok.sent_at if last_ok else None,
+                    "failing_polls": failing or 0,
+                    "running_jobs": running or 0,
+                    "recorded_by": holder,
+                }
+            )
+    return rows
