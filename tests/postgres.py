@@ -60,6 +60,7 @@ class Server:
     data_dir: Path | None = None
     bin_dir: Path | None = None
     user: str | None = None
+    options: str = ""
 
     def _run(self, *args: str) -> None:
         assert self.bin_dir is not None
@@ -77,6 +78,17 @@ class Server:
         data, log = str(self.data_dir / "data"), str(self.data_dir / "log")
         # -l: without a log file the server would keep our captured pipes open.
         self._run("pg_ctl", "-D", data, "-l", log, "-m", "fast", "-w", "restart")
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """The server stopped for the duration of the block, then started again."""
+        assert self.data_dir is not None, "only a server the suite started can be stopped"
+        data, log = str(self.data_dir / "data"), str(self.data_dir / "log")
+        self._run("pg_ctl", "-D", data, "-m", "fast", "-w", "stop")
+        try:
+            yield
+        finally:
+            self._run("pg_ctl", "-D", data, "-o", self.options, "-l", log, "-w", "start")
 
     def stop(self) -> None:
         """Stop the server and remove its files."""
@@ -141,6 +153,7 @@ def start() -> Server:
         f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
         "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
     )
+    server.options = options
     server._run(
         "pg_ctl", "-D", str(base / "data"), "-o", options, "-l", str(base / "log"), "-w", "start"
     )

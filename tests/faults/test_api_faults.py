@@ -51,7 +51,8 @@ CASES = {
     "read hangs past the timeout": (Answer(b"", hang_s=3.0), "timeout"),
     "half a body": (
         Answer(
-            b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n[{"id"'
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n[{"id"'
         ),
         "network",
     ),
