@@ -293,13 +293,18 @@ class Daemon:
                 signal.signal(sig, handler)
 
 
-def _monitor(scheduler: BlockingScheduler, requested: list[str], done: threading.Event) -> None:
+def _monitor(
+    scheduler: BlockingScheduler,
+    requested: list[str],
+    done: threading.Event,
+    steady_clock: Callable[[], SteadyClock] = SteadyClock,
+) -> None:
     """Stop the scheduler when a signal asked for it; re-time it when the host clock steps.
 
     APScheduler times its runs on the wall clock: after a step back of an hour it would wait an
     hour for the next poll. Waiting here is on the monotonic clock, so a step shows as drift.
     """
-    steady = SteadyClock()
+    steady = steady_clock()
     while not done.wait(_WATCH_S):
         if requested and scheduler.running:
             scheduler.shutdown(wait=False)
@@ -307,7 +312,7 @@ def _monitor(scheduler: BlockingScheduler, requested: list[str], done: threading
         drift = steady.drift()
         if abs(drift) > _CLOCK_STEP_S and scheduler.running:
             log.warning("the host clock stepped by %+.1fs; polling again now", drift)
-            steady = SteadyClock()
+            steady = steady_clock()
             scheduler.modify_job("poll", next_run_time=datetime.now(UTC))
 
 

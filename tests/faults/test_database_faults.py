@@ -151,7 +151,7 @@ def test_a_transaction_killed_mid_write_leaves_nothing_half_written(
     insert_opened = store_module._insert_opened
 
     def dies_half_way(conn: Any, *args: Any) -> Any:
-        inserted = insert_opened(conn, *args)  # the poll row and the jobs are written...
+        insert_opened(conn, *args)  # the poll row and the jobs are written...
         if conn.dialect.name == "postgresql":  # ...then the server kills the transaction
             with engine.connect() as killer:
                 pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
