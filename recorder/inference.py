@@ -174,7 +174,8 @@ def step(
 ) -> StepResult:
     """Advance `state` by one poll.
 
-    `closed_jobs` holds the stored state of every already-closed job whose id is in this
+    Polls must come in order, each sent after the previous one was answered (the daemon polls
+    one at a time, on a steady clock). `closed_jobs` holds the stored state of every already-closed job whose id is in this
     answer and not open (the caller looks them up). A gap is any failed poll, or more than
     `gap_s` seconds, between two successful polls; jobs closed across one are flagged.
     """
