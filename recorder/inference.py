@@ -175,8 +175,8 @@ def step(
     """Advance `state` by one poll.
 
     Polls must come in order, each sent after the previous one was answered (the daemon polls
-    one at a time, on a steady clock). `closed_jobs` holds the stored state of every already-closed job whose id is in this
-    answer and not open (the caller looks them up). A gap is any failed poll, or more than
+    one at a time, on a steady clock). `closed_jobs` holds the stored state of every
+    already-closed job whose id is in this answer and not open (the caller looks them up). A gap is any failed poll, or more than
     `gap_s` seconds, between two successful polls; jobs closed across one are flagged.
     """
     if isinstance(answer, Failure):
