@@ -176,8 +176,9 @@ def step(
 
     Polls must come in order, each sent after the previous one was answered (the daemon polls
     one at a time, on a steady clock). `closed_jobs` holds the stored state of every
-    already-closed job whose id is in this answer and not open (the caller looks them up). A gap is any failed poll, or more than
-    `gap_s` seconds, between two successful polls; jobs closed across one are flagged.
+    already-closed job whose id is in this answer and not open (the caller looks them up).
+    A gap is any failed poll, or more than `gap_s` seconds, between two successful polls;
+    jobs closed across one are flagged.
     """
     if isinstance(answer, Failure):
         return StepResult(state=replace(state, failures_since_ok=state.failures_since_ok + 1))
