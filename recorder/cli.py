@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 
 from recorder import __version__, db
 from recorder.config import DEFAULT_INTERVAL_S, DEFAULT_URL, ENV_TOKEN, ConfigError, load_token
-from recorder.output import FORMATS, default_format, render
+from recorder.output import FORMATS, default_format, iso, render
 
 if TYPE_CHECKING:
     from recorder.pipeline import Pipeline
@@ -580,6 +580,37 @@ def status(state: State, fmt: str | None, max_age: float) -> None:
     render(rows, fmt or default_format(), sys.stdout, reports.STATUS_FIELDS)
     if not rows or not all(row["healthy"] for row in rows):
         sys.exit(1)
+
+
+@cli.command()
+@click.option(
+    "--polls-older-than",
+    "older_than",
+    required=True,
+    metavar="AGE",
+    help="Delete poll rows older than this (30d, 12h, or an ISO-8601 date).",
+)
+@pass_state
+def prune(state: State, older_than: str) -> None:
+    """Delete old poll rows, keeping every poll that a job's bounds or a gap refers to.
+
+    Jobs, their transitions and their bounds are untouched, and so are the figures of
+    `recorder stats`; what goes is the row-by-row record of polls that changed nothing.
+
+    Example:
+
+        recorder prune --polls-older-than 30d
+    """
+    from recorder.retention import prune as prune_polls
+    from recorder.timespec import parse_when
+
+    with _user_errors():
+        cutoff = parse_when(older_than, _now())
+    result = prune_polls(state.engine(), cutoff)
+    click.echo(
+        f"deleted {result.deleted} poll(s) sent before {iso(cutoff)}; "
+        f"kept {result.kept_old} older poll(s) that jobs or gaps refer to"
+    )
 
 
 @cli.group(name="db")

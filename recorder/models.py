@@ -176,6 +176,9 @@ class Job(Base):
         Index("ix_jobs_target_status", "target_id", "status"),
         Index("ix_jobs_start_at", "start_at"),
         Index("ix_jobs_end_at", "end_at"),
+        Index("ix_jobs_first_poll", "first_poll_id"),
+        Index("ix_jobs_last_poll", "last_poll_id"),
+        Index("ix_jobs_status_type_duration", "status", "type", "duration_s"),
     )
 
 
@@ -224,4 +227,7 @@ class Observation(Base):
     elapsed_s: Mapped[int | None] = mapped_column(Integer)
     elapsed_origin: Mapped[float | None] = mapped_column(Double)
 
-    __table_args__ = (Index("ix_observations_job_poll", "job_id", "poll_id"),)
+    __table_args__ = (
+        Index("ix_observations_job_poll", "job_id", "poll_id"),
+        Index("ix_observations_poll", "poll_id"),
+    )
