@@ -391,6 +391,13 @@ def gaps(
     render(rows, fmt or default_format(), sys.stdout, reports.GAP_FIELDS)
 
 
+def _share_option(name: str, help_text: str) -> Callable[[FC], FC]:
+    """An option for the share (0 to 1) of the simulator's answers that misbehave one way."""
+    return click.option(
+        name, type=click.FloatRange(0, 1), default=0.0, show_default=True, help=help_text
+    )
+
+
 @cli.command()
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -409,20 +416,8 @@ def gaps(
     "[default: video:2:90, image:4:20].",
 )
 @click.option("--initial-jobs", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option(
-    "--server-errors",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    show_default=True,
-    help="Share of answers that are 5xx.",
-)
-@click.option(
-    "--rate-limits",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    show_default=True,
-    help="Share of answers that are 429.",
-)
+@_share_option("--server-errors", "Share of answers that are 5xx.")
+@_share_option("--rate-limits", "Share of answers that are 429.")
 @click.option(
     "--retry-after",
     type=click.IntRange(min=0),
@@ -430,28 +425,10 @@ def gaps(
     show_default=True,
     help="Retry-After seconds on 429.",
 )
-@click.option(
-    "--slow",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    show_default=True,
-    help="Share of answers delayed by --slow-seconds.",
-)
+@_share_option("--slow", "Share of answers delayed by --slow-seconds.")
 @click.option("--slow-seconds", type=click.FloatRange(min=0), default=2.0, show_default=True)
-@click.option(
-    "--garbage",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    show_default=True,
-    help="Share of answers with a garbage body.",
-)
-@click.option(
-    "--empty",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    show_default=True,
-    help="Share of answers with an empty list although jobs run.",
-)
+@_share_option("--garbage", "Share of answers with a garbage body.")
+@_share_option("--empty", "Share of answers with an empty list although jobs run.")
 @click.option(
     "--skew",
     type=float,
