@@ -389,16 +389,22 @@ class _Sql:
         return self._text(f"""
             WITH RECURSIVE {self._spans()},
             latest AS (
-                SELECT target_id, MAX(received_at) AS t FROM polls
-                WHERE outcome = 'ok' GROUP BY target_id
+                SELECT t.id AS target_id, p.received_at AS t
+                FROM targets t JOIN polls p ON p.id = (
+                    SELECT MAX(q.id) FROM polls q
+                    WHERE q.target_id = t.id AND q.outcome = 'ok')
             ),
             iv AS (
-                SELECT {pre(k_exprs)}{d.epoch("j.start_at")} AS s,
-                       CASE WHEN j.status = 'finished' THEN {d.epoch("j.end_at")}
-                            ELSE {end} END AS e
-                FROM jobs j LEFT JOIN latest ON latest.target_id = j.target_id
-                WHERE j.start_at < :until_ts
-                      AND (j.status = 'running' OR j.end_at > :since_ts)
+                -- Two arms, so that each can use its index: finished jobs by end_at, and the
+                -- few running ones.
+                SELECT {pre(k_exprs)}{d.epoch("j.start_at")} AS s, {d.epoch("j.end_at")} AS e
+                FROM jobs j
+                WHERE j.status = 'finished' AND j.end_at > :since_ts AND j.start_at < :until_ts
+                      {self._target("j.target_id")}
+                UNION ALL
+                SELECT {pre(k_exprs)}{d.epoch("j.start_at")} AS s, {end} AS e
+                FROM jobs j JOIN latest ON latest.target_id = j.target_id
+                WHERE j.status = 'running' AND j.start_at < :until_ts
                       {self._target("j.target_id")}
             ),
             clipped AS (
@@ -430,8 +436,9 @@ class _Sql:
             chosen AS (SELECT t.id AS target_id FROM targets t {target}),
             ends AS (
                 SELECT c.target_id,
-                       (SELECT MIN(sent_at) FROM polls p
-                        WHERE p.target_id = c.target_id AND p.outcome = 'ok') AS first_ok,
+                       (SELECT f.sent_at FROM polls f WHERE f.id = (
+                            SELECT MIN(id) FROM polls p
+                            WHERE p.target_id = c.target_id AND p.outcome = 'ok')) AS first_ok,
                        (SELECT MAX(id) FROM polls p
                         WHERE p.target_id = c.target_id AND p.outcome = 'ok') AS last_ok_id,
                        (SELECT MAX(id) FROM polls p WHERE p.target_id = c.target_id) AS last_id
