@@ -29,6 +29,14 @@ class Dialect:
         """floor() of a non-negative number (SQLite may be built without math functions)."""
         return f"CAST(({expr}) AS INTEGER)" if self.sqlite else f"FLOOR({expr})"
 
+    def no_index(self, column: str) -> str:
+        """A column the planner should not pick an index for (SQLite plans without statistics).
+
+        On SQLite, a unary + keeps a term out of index selection; PostgreSQL plans from the
+        statistics its autovacuum keeps, and needs no hint.
+        """
+        return f"+{column}" if self.sqlite else column
+
     def greatest(self, a: str, b: str) -> str:
         """The larger of two values."""
         return f"MAX({a}, {b})" if self.sqlite else f"GREATEST({a}, {b})"

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, select, text
+from sqlalchemy import Connection, Engine, bindparam, func, select, text
 
 from recorder.dialect import Dialect
-from recorder.models import Target, UTCDateTime
+from recorder.models import Job, Target, UTCDateTime
 
 GROUP_KEYS = ("type", "account", "hour", "day")
 TIME_KEYS = {"hour": 3600, "day": 86400}
@@ -119,6 +119,7 @@ def compute(engine: Engine, query: StatsQuery) -> Report:
     sql = _Sql(Dialect(engine.dialect.name), query)
     with engine.connect() as conn:
         sql.target_id = _target_id(conn, query.target)
+        sql.narrow = _narrow(conn, query)
         groups = _Groups(query)
         for row in conn.execute(sql.durations(), sql.params()):
             groups.fill_durations(row._mapping)
@@ -135,6 +136,15 @@ def compute(engine: Engine, query: StatsQuery) -> Report:
             for row in conn.execute(sql.histogram(), sql.params()):
                 groups.add_bin(row._mapping)
     return Report(query.since, query.until, query.by, groups.ordered())
+
+
+def _narrow(conn: Connection, query: StatsQuery) -> bool:
+    """True when the window covers less than a quarter of the recorded history."""
+    first = conn.scalar(select(func.min(Job.start_at)))
+    if first is None:
+        return True
+    history = (query.until - min(first, query.since)).total_seconds()
+    return bool((query.until - query.since).total_seconds() < history / 4)
 
 
 def _target_id(conn: Connection, url: str | None) -> int | None:
@@ -277,6 +287,7 @@ class _Sql:
         self.time_key = next((k for k in query.by if k in TIME_KEYS), None)
         self.size = float(TIME_KEYS[self.time_key]) if self.time_key else None
         self.plain_keys = [k for k in query.by if k not in TIME_KEYS]
+        self.narrow = False
 
     def params(self) -> dict[str, Any]:
         """The bound values every query uses."""
@@ -300,6 +311,15 @@ class _Sql:
             if f":{name}" in sql
         ]
         return text(sql).bindparams(*typed)
+
+    def _hint(self, column: str) -> str:
+        """`column`, kept out of index selection when the window is a small part of the history.
+
+        Without statistics SQLite may scan every finished job by the (status, ...) index, or by
+        start_at, for a 24-hour window; the end_at range is the narrow one then. Over most of the
+        history, a scan is the better plan, and the hint is left out.
+        """
+        return self.d.no_index(column) if self.narrow else column
 
     def _target(self, column: str) -> str:
         return "" if self.target_id is None else f" AND {column} = :target_id"
@@ -328,7 +348,8 @@ class _Sql:
                 SELECT {select_keys}j.duration_s AS duration_s,
                        CASE WHEN j.closed_across_gap THEN 1 ELSE 0 END AS wide
                 FROM jobs j
-                WHERE j.status = 'finished' AND j.end_at >= :since_ts AND j.end_at < :until_ts
+                WHERE {self.d.no_index("j.status")} = 'finished'
+                      AND j.end_at >= :since_ts AND j.end_at < :until_ts
                       {self._target("j.target_id")}
             ),
             ranked AS (
@@ -399,7 +420,8 @@ class _Sql:
                 -- few running ones.
                 SELECT {pre(k_exprs)}{d.epoch("j.start_at")} AS s, {d.epoch("j.end_at")} AS e
                 FROM jobs j
-                WHERE j.status = 'finished' AND j.end_at > :since_ts AND j.start_at < :until_ts
+                WHERE {self.d.no_index("j.status")} = 'finished' AND j.end_at > :since_ts
+                      AND {self.d.no_index("j.start_at")} < :until_ts
                       {self._target("j.target_id")}
                 UNION ALL
                 SELECT {pre(k_exprs)}{d.epoch("j.start_at")} AS s, {end} AS e
@@ -487,7 +509,8 @@ class _Sql:
             SELECT {exprs + ", " if exprs else ""}
                    CASE {cases} ELSE {last} END AS bin, COUNT(*) AS n
             FROM jobs j
-            WHERE j.status = 'finished' AND j.end_at >= :since_ts AND j.end_at < :until_ts
+            WHERE {self.d.no_index("j.status")} = 'finished'
+                      AND j.end_at >= :since_ts AND j.end_at < :until_ts
                   {self._target("j.target_id")}
             GROUP BY {names + ", " if names else ""}CASE {cases} ELSE {last} END
         """)
