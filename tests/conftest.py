@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
 
 from recorder import db
 from recorder.store import Store
-from tests import postgres
+from tests import postgres, stats_model
+from tests.histories import record_history
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -52,6 +54,20 @@ def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iter
     """A URL for a new, empty database on the backend under test."""
     with new_database(backend, tmp_path, request) as url:
         yield url
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def history(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, list[Any], list[Any]]]:
+    """A database holding tests.histories' recorded history (one per test module and backend),
+    with its jobs and polls as plain rows."""
+    with new_database(request.param, tmp_path_factory.mktemp("history"), request) as url:
+        engine = db.open_database(url)
+        record_history(engine)
+        jobs, polls = stats_model.load(engine)
+        engine.dispose()
+        yield url, jobs, polls
 
 
 @pytest.fixture

@@ -4,30 +4,14 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
 
-from recorder import db
 from recorder.cli import cli
 from recorder.output import iso
-from tests import stats_model
-from tests.conftest import BACKENDS, new_database
-from tests.test_stats import T0, record_history
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def history(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, list, list]]:
-    with new_database(request.param, tmp_path_factory.mktemp("reports"), request) as url:
-        engine = db.open_database(url)
-        record_history(engine)
-        jobs, polls = stats_model.load(engine)
-        engine.dispose()
-        yield url, jobs, polls
+from tests.histories import T0
 
 
 def listed(url: str, *args: str) -> list[dict]:

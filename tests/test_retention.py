@@ -14,7 +14,7 @@ from recorder import db
 from recorder.cli import cli
 from recorder.models import Job, Observation, Poll, Transition
 from recorder.output import iso
-from tests.test_stats import T0, record_history
+from tests.histories import T0, record_history
 
 
 def run(url: str, *args: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,22 +13,14 @@ from sqlalchemy import func, select
 from recorder import db
 from recorder.cli import cli
 from recorder.models import Base
-from tests.conftest import BACKENDS, new_database
-from tests.test_stats import record_history
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "sql.md"
 QUERIES = re.findall(r"```sql\n(.*?)```", DOCS.read_text(), flags=re.S)
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def recorded(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    with new_database(request.param, tmp_path_factory.mktemp("sql"), request) as url:
-        engine = db.open_database(url)
-        record_history(engine)
-        engine.dispose()
-        yield url
+@pytest.fixture(scope="module")
+def recorded(history: tuple[str, list, list]) -> str:
+    return history[0]
 
 
 def sql(url: str, query: str, fmt: str = "json") -> tuple[int, str]:
