@@ -48,17 +48,3 @@ class Dialect:
     def number(self, param: str) -> str:
         """A bound parameter used as a double (PostgreSQL needs to know its type)."""
         return f":{param}" if self.sqlite else f"CAST(:{param} AS double precision)"
-
-    def iso(self, column: str) -> str:
-        """A stored time as the views show it: ISO-8601 UTC text on SQLite, as is elsewhere."""
-        if self.sqlite:
-            return f"strftime('%Y-%m-%dT%H:%M:%fZ', {column}, 'unixepoch')"
-        return column
-
-    def text_time(self, column: str, unit: str) -> str:
-        """A stored time truncated to `unit` ('day' or 'hour') as text, UTC."""
-        if self.sqlite:
-            fmt = {"day": "%Y-%m-%d", "hour": "%Y-%m-%dT%H"}[unit]
-            return f"strftime('{fmt}', {column}, 'unixepoch')"
-        fmt = {"day": "YYYY-MM-DD", "hour": 'YYYY-MM-DD"T"HH24'}[unit]
-        return f"to_char({column} AT TIME ZONE 'UTC', '{fmt}')"

@@ -124,11 +124,11 @@ def compute(engine: Engine, query: StatsQuery) -> Report:
         for row in conn.execute(sql.durations(), sql.params()):
             groups.fill_durations(row._mapping)
         for row in conn.execute(sql.started(), sql.params()):
-            groups.at(row._mapping, "started").started = row.n
+            groups.at(row._mapping).started = row.n
         for row in conn.execute(sql.running(), sql.params()):
             groups.add_running(row._mapping)
         for row in conn.execute(sql.concurrency(), sql.params()):
-            group = groups.at(row._mapping, "concurrency")
+            group = groups.at(row._mapping)
             group.peak_concurrency = int(row.peak or 0)
             group.mean_concurrency = float(row.total or 0.0) / float(row.span)
         groups.set_coverage(list(conn.execute(sql.coverage(), sql.params())))
@@ -165,10 +165,10 @@ class _Groups:
         self.groups: dict[tuple[Any, ...], Group] = {}
         self.coverage_by_bucket: dict[float, tuple[float, int, float]] = {}
         if not query.by:
-            self.at({}, "")
+            self.at({})
         elif self.time_key is not None and query.by == (self.time_key,):
             for b0 in _buckets(query, self.time_key):
-                self.at({"b0": b0}, "")
+                self.at({"b0": b0})
 
     def _bucket_window(self, b0: float) -> tuple[datetime, datetime]:
         assert self.time_key is not None
@@ -176,7 +176,7 @@ class _Groups:
         since = max(self.query.since, _dt(b0))
         return since, min(self.query.until, _dt(b0 + size))
 
-    def at(self, row: Mapping[Any, Any], _why: str) -> Group:
+    def at(self, row: Mapping[Any, Any]) -> Group:
         """The group for a result row's key columns, created if new."""
         key: dict[str, Any] = {}
         for name in self.query.by:
@@ -195,7 +195,7 @@ class _Groups:
         return group
 
     def fill_durations(self, row: Mapping[Any, Any]) -> None:
-        group = self.at(row, "durations")
+        group = self.at(row)
         group.finished = row["n"]
         group.duration = Durations(
             count=row["n"],
@@ -218,7 +218,7 @@ class _Groups:
             size = TIME_KEYS[self.time_key]
             present = min(now, until - 1e-6)
             row = {**row, "b0": math.floor(present / size) * size}
-        self.at(row, "running").running = row["n"]
+        self.at(row).running = row["n"]
 
     def set_coverage(self, rows: Sequence[Any]) -> None:
         per_bucket: dict[float, list[tuple[float, int, float]]] = {}
@@ -235,7 +235,7 @@ class _Groups:
             )
 
     def add_bin(self, row: Mapping[Any, Any]) -> None:
-        group = self.at(row, "histogram")
+        group = self.at(row)
         index = int(row["bin"])
         upper = HISTOGRAM_EDGES[index + 1] if index + 1 < len(HISTOGRAM_EDGES) else None
         group.histogram.append((float(HISTOGRAM_EDGES[index]), upper, int(row["n"])))
