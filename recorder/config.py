@@ -18,18 +18,49 @@ class ConfigError(Exception):
 
 
 def load_token(token_file: Path | None, environ: Mapping[str, str] = os.environ) -> Secret:
-    """The API token from `token_file`, else from $USEAPI_TOKEN."""
+    """The API token from `token_file`, else from $USEAPI_TOKEN.
+
+    A UTF-8 byte order mark and surrounding blank lines and spaces are dropped. A token that
+    spans lines or holds characters an HTTP header cannot carry is refused; no message ever
+    repeats the token.
+    """
     if token_file is not None:
         try:
-            value = token_file.read_text(encoding="utf-8").strip()
+            # utf-8-sig: editors on Windows start files with a byte order mark.
+            text = token_file.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(
                 f"cannot read the token file {token_file}: {exc.__class__.__name__}"
             ) from None
-        if not value:
-            raise ConfigError(f"the token file {token_file} is empty")
-        return Secret(value)
-    value = environ.get(ENV_TOKEN, "").strip()
-    if not value:
+        return _check_token(text, f"the token file {token_file}")
+    text = environ.get(ENV_TOKEN, "")
+    if not text.strip():
         raise ConfigError(f"no API token: set {ENV_TOKEN} or pass --token-file PATH")
+    return _check_token(text, f"the {ENV_TOKEN} environment variable")
+
+
+def _check_token(text: str, source: str) -> Secret:
+    value = text.lstrip("\ufeff").strip()
+    if not value:
+        raise ConfigError(f"{source} is empty")
+    lines = [line for line in value.splitlines() if line.strip()]
+    if len(lines) > 1:
+        raise ConfigError(
+            f"{source} holds {len(lines)} lines: it should hold the token alone, on one line"
+        )
+    # What an HTTP header value can carry: visible ASCII, no spaces (requests would otherwise
+    # echo the whole header, token included, in its error).
+    bad = next((char for char in value if not "\x21" <= char <= "\x7e"), None)
+    if bad is not None:
+        kind = (
+            "whitespace"
+            if bad.isspace()
+            else "a control character"
+            if ord(bad) < 0x20 or ord(bad) == 0x7F
+            else "a non-ASCII character"
+        )
+        raise ConfigError(
+            f"the token in {source} contains {kind}, which an HTTP header cannot carry: "
+            "check that it was copied whole and alone"
+        )
     return Secret(value)

@@ -94,4 +94,4 @@ def test_prune_takes_a_relative_age(db_url: str) -> None:
 
 def test_prune_refuses_a_bad_age(db_url: str) -> None:
     result = CliRunner().invoke(cli, ["--db", db_url, "prune", "--polls-older-than", "soon"])
-    assert result.exit_code == 1 and "cannot read 'soon' as a time" in result.output
+    assert result.exit_code == 2 and "cannot read 'soon' as a time" in result.output
