@@ -8,10 +8,29 @@ a restarted process anchors again.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 Clock = Callable[[], float]
+
+# The times the database can hold and give back on every backend and platform: from the epoch
+# to the last second of year 9999 (Python's datetime ends there).
+EARLIEST = 0.0
+LATEST = 253402300799.0
+
+
+def to_datetime(ts: float) -> datetime:
+    """Epoch seconds to an aware UTC datetime."""
+    return datetime.fromtimestamp(ts, tz=UTC)
+
+
+def storable(ts: float | None) -> float | None:
+    """`ts` if the database can hold it as a time, else None."""
+    if ts is None or not math.isfinite(ts) or not EARLIEST <= ts <= LATEST:
+        return None
+    return ts
 
 
 class SteadyClock:

@@ -10,6 +10,8 @@ Tables (see docs/schema.md):
 * ``observations``: what the list said about a job, written when it first appears and whenever
   it shows something the stored state does not predict; with ``polls.server_time`` and the
   transitions, every past list can be rebuilt exactly.
+* ``quarantine``: a poll the database would not take although it took others, kept whole;
+  the history counts it as a failed poll (outcome ``unstorable``).
 """
 
 from __future__ import annotations
@@ -231,3 +233,18 @@ class Observation(Base):
         Index("ix_observations_job_poll", "job_id", "poll_id"),
         Index("ix_observations_poll", "poll_id"),
     )
+
+
+class Quarantine(Base):
+    """A poll that could not be stored, kept whole as JSON; the polls row stands in for it."""
+
+    __tablename__ = "quarantine"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    target_id: Mapped[int] = mapped_column(ForeignKey("targets.id"))
+    poll_id: Mapped[int] = mapped_column(ForeignKey("polls.id"))
+    set_aside_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    error: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_quarantine_target", "target_id"),)

@@ -7,6 +7,7 @@ treated as an absent field, not as an invalid one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -18,7 +19,9 @@ from typing import Any, Final
 from recorder.snapshot import Item, Snapshot
 
 __all__ = [
+    "LIMITS",
     "PayloadError",
+    "bound_text",
     "normalize_items",
     "parse_account",
     "parse_body",
@@ -28,6 +31,21 @@ __all__ = [
 
 ID_KEYS: Final = ("id", "videoId", "video_id", "imageId", "taskId", "job_id", "jobId", "jobid")
 ELAPSED_KEYS: Final = ("elapsed", "elapsedSeconds")  # elapsedSeconds: Dreamina
+
+# The longest text stored per field, in characters (docs/schema.md). Longer values are cut and
+# keep a hash of the whole value, so distinct values stay distinct and the same value always
+# maps to the same text: 512 characters of UTF-8 stay under PostgreSQL's B-tree row limit
+# (2,704 bytes) in the unique index on job ids, with room to spare.
+LIMITS: Final = {
+    "id": 512,
+    "type": 64,
+    "account": 320,
+    "user_id": 64,
+    "started": 64,
+    "replyUrl": 2048,
+    "replyRef": 2048,
+}
+_HASH_CHARS: Final = 16
 
 # Values above this are epoch milliseconds: 1e11 s is the year 5138, 1e11 ms is 1973.
 _MS_THRESHOLD: Final = 1e11
@@ -163,8 +181,8 @@ def _normalize_by_account(executing: dict[Any, Any]) -> Snapshot:
 def _account_from_key(key: str) -> str | None:
     # Dreamina keys accounts as "<region>:<email>", e.g. "US:you@example.com".
     _, sep, rest = key.partition(":")
-    account = rest if sep else key
-    return account.strip() or None
+    account = (rest if sep else key).strip()
+    return account if account and _is_storable(account) else None
 
 
 def _normalize(entries: Iterable[tuple[object, str | None]], tally: _Tally) -> Snapshot:
@@ -198,16 +216,35 @@ def _parse_item(raw: object, key_account: str | None, tally: _Tally) -> Item | N
     if account is None:
         account = _text(raw.get("email"), tally) or key_account
     return Item(
-        api_id=api_id,
-        type=_text(raw.get("type"), tally),
-        started_raw=started_raw,
+        api_id=_bounded(api_id, "id", tally),
+        type=_bounded_or_none(_text(raw.get("type"), tally), "type", tally),
+        started_raw=_bounded_or_none(started_raw, "started", tally),
         started=started,
         elapsed_s=_elapsed(raw, tally),
-        reply_url=_text(raw.get("replyUrl"), tally),
-        reply_ref=_text(raw.get("replyRef"), tally),
-        account=account,
-        user_id=user_id,
+        reply_url=_bounded_or_none(_text(raw.get("replyUrl"), tally), "replyUrl", tally),
+        reply_ref=_bounded_or_none(_text(raw.get("replyRef"), tally), "replyRef", tally),
+        account=_bounded_or_none(account, "account", tally),
+        user_id=_bounded_or_none(user_id, "user_id", tally),
     )
+
+
+def bound_text(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, ending in a hash of the whole when it was longer."""
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_CHARS]
+    return f"{text[: limit - _HASH_CHARS - 1]}~{digest}"
+
+
+def _bounded(text: str, field: str, tally: _Tally) -> str:
+    if len(text) <= LIMITS[field]:
+        return text
+    tally.invalid += 1  # clamped: counted like a value the parser could not use as it came
+    return bound_text(text, LIMITS[field])
+
+
+def _bounded_or_none(text: str | None, field: str, tally: _Tally) -> str | None:
+    return None if text is None else _bounded(text, field, tally)
 
 
 def _find_id(raw: dict[Any, Any]) -> str | None:

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from recorder import inference
+from recorder.db import one_line
+from recorder.gaps import CADENCE_POLLS, observed_threshold
 from recorder.inference import StepResult, TargetState
-from recorder.lease import RecordingLease
-from recorder.snapshot import PollResult, Snapshot
-from recorder.store import Store
+from recorder.lease import LeaseLost, RecordingLease
+from recorder.snapshot import Failure, Outcome, PollResult, Snapshot
+from recorder.store import SetAside, Store
 
 PollSource = Callable[[], PollResult]
 # About a day of polls at the default interval, yet small in memory for ordinary lists.
 MAX_PENDING = 10_000
+# A poll whose write failed this often (on separate ticks) is set aside, if the database then
+# takes a write: the database is up, and it is this poll that it refuses.
+SET_ASIDE_AFTER = 2
+_ERROR_CHARS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +44,15 @@ class Pipeline:
         url: str,
         source: PollSource,
         *,
-        gap_s: float,
+        gap_s: float | None,
         max_pending: int = MAX_PENDING,
+        set_aside_after: int = SET_ASIDE_AFTER,
     ) -> None:
-        """Prepare to record `url` into `store`; nothing is read or written yet."""
+        """Prepare to record `url` into `store`; nothing is read or written yet.
+
+        `gap_s` is the gap threshold (see recorder.gaps); None takes it from the cadence of the
+        target's recent polls, for a one-shot poll whose schedule the recorder does not know.
+        """
         self.store = store
         self.url = url
         self.source = source
@@ -53,6 +67,8 @@ class Pipeline:
         self.pending: deque[PollResult] = deque()
         self.max_pending = max_pending
         self.dropped = 0
+        self.set_aside_after = set_aside_after
+        self._head_failures = 0  # failed writes of pending[0]
         self._loaded = False
 
     def attach(self, now: float) -> int:
@@ -86,14 +102,41 @@ class Pipeline:
         return self.flush()
 
     def flush(self) -> list[Recorded]:
-        """Write the waiting polls in order; stop at the first that fails."""
+        """Write the waiting polls in order; stop at the first that fails.
+
+        A poll that keeps failing while the database takes other writes is poison (a value
+        no backend accepts): it is set aside whole, recorded as an `unstorable` failed poll,
+        and the queue moves on. One bad poll never stops the recording.
+        """
         written = []
         while self.pending:
-            written.append(self.record(self.pending[0]))
+            result = self.pending[0]
+            try:
+                recorded = self.record(result)
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                self._head_failures += 1
+                if self._head_failures < self.set_aside_after:
+                    raise
+                recorded = self._set_aside(result, exc)
+            self._head_failures = 0
+            written.append(recorded)
             self.pending.popleft()
         return written
 
-    def record(self, result: PollResult) -> Recorded:
+    def _set_aside(self, result: PollResult, exc: Exception) -> Recorded:
+        error = f"could not be stored ({type(exc).__name__}: {one_line(exc)})"[:_ERROR_CHARS]
+        failure = Failure(Outcome.UNSTORABLE, f"{error}; kept whole in the quarantine table")
+        stand_in = dataclasses.replace(result, answer=failure)
+        try:
+            return self.record(stand_in, SetAside(result.received_at, error, poll_json(result)))
+        except LeaseLost:
+            raise
+        except Exception:
+            raise exc from None  # the database takes nothing: keep the poll and wait
+
+    def record(self, result: PollResult, quarantine: SetAside | None = None) -> Recorded:
         """Infer what `result` changed and store it in one transaction."""
         target_id = self.attach(result.sent_at)
         if not self._loaded:
@@ -106,9 +149,20 @@ class Pipeline:
             if unknown:
                 closed = self.store.closed_jobs(target_id, unknown)
         timing = inference.PollTime(result.sent_at, result.received_at)
-        change = inference.step(self.state, timing, result.answer, closed, self.gap_s)
-        poll_id = self.store.record(target_id, result, change, self.last_ok_poll_id, self.lease)
+        gap_s = self.gap_s
+        if gap_s is None:
+            recent = self.store.recent_ok_polls(target_id, CADENCE_POLLS)
+            gap_s = observed_threshold([*recent, result.sent_at]) or math.inf
+        change = inference.step(self.state, timing, result.answer, closed, gap_s)
+        poll_id = self.store.record(
+            target_id, result, change, self.last_ok_poll_id, self.lease, quarantine
+        )
         self.state = change.state
         if result.ok:
             self.last_ok_poll_id = poll_id
         return Recorded(poll_id, result, change)
+
+
+def poll_json(result: PollResult) -> str:
+    """A poll as JSON (ASCII, so that any text survives storage), for the quarantine."""
+    return json.dumps(dataclasses.asdict(result), ensure_ascii=True, default=str)

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, func, or_, select, text
 from sqlalchemy.orm import aliased
 
-from recorder.models import Job, Lease, Poll, Target
+from recorder.models import Job, Lease, Poll, Quarantine, Target
 from recorder.output import human_duration, iso
 from recorder.snapshot import Outcome
 
@@ -195,6 +195,7 @@ STATUS_FIELDS = (
     "last_error",
     "last_ok_at",
     "failing_polls",
+    "quarantined",
     "running_jobs",
     "recorded_by",
 )
@@ -203,7 +204,9 @@ STATUS_FIELDS = (
 def status(engine: Engine, now: datetime, max_age_s: float) -> list[dict[str, Any]]:
     """Each target's health: its latest poll, its failure streak, who records it.
 
-    A target is healthy when its latest poll succeeded and is at most `max_age_s` old.
+    A target is healthy when its latest poll succeeded and is at most `max_age_s` old, and no
+    poll of it waits in quarantine (`recorder quarantine` shows them and, once read, clears
+    them).
     """
     rows = []
     with engine.connect() as conn:
@@ -231,18 +234,47 @@ def status(engine: Engine, now: datetime, max_age_s: float) -> list[dict[str, An
                 .where(Job.target_id == target.id, Job.status == "running")
             )
             holder = conn.scalar(select(Lease.holder).where(Lease.target_id == target.id))
+            quarantined = conn.scalar(
+                select(func.count())
+                .select_from(Quarantine)
+                .where(Quarantine.target_id == target.id)
+            )
             fresh = last is not None and (now - last.sent_at).total_seconds() <= max_age_s
             rows.append(
                 {
                     "target": target.url,
-                    "healthy": bool(fresh and last is not None and last.outcome == "ok"),
+                    "healthy": bool(
+                        fresh and last is not None and last.outcome == "ok" and not quarantined
+                    ),
                     "last_poll_at": last.sent_at if last else None,
                     "last_outcome": last.outcome if last else None,
                     "last_error": last.error if last else None,
                     "last_ok_at": last_ok.sent_at if last_ok else None,
                     "failing_polls": failing or 0,
+                    "quarantined": quarantined or 0,
                     "running_jobs": running or 0,
                     "recorded_by": holder,
                 }
             )
     return rows
+
+
+QUARANTINE_FIELDS = ("id", "target", "poll_id", "set_aside_at", "error", "payload")
+
+
+def quarantine(engine: Engine) -> list[dict[str, Any]]:
+    """The polls set aside because the database would not take them, oldest first."""
+    stmt = (
+        select(
+            Quarantine.id,
+            Target.url.label("target"),
+            Quarantine.poll_id,
+            Quarantine.set_aside_at,
+            Quarantine.error,
+            Quarantine.payload,
+        )
+        .join(Target, Target.id == Quarantine.target_id)
+        .order_by(Quarantine.id)
+    )
+    with engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(stmt)]

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from sqlalchemy import ColumnElement, Engine, delete, exists, func, or_, select
 
-from recorder.models import Job, Observation, Poll, Transition
+from recorder.models import Job, Observation, Poll, Quarantine, Transition
 from recorder.snapshot import Outcome
 
 # Deleting in batches keeps each transaction short, so a running daemon is never held up long.
@@ -94,3 +94,13 @@ def _referenced() -> ColumnElement[bool]:
         exists().where(Job.first_poll_id == Poll.id),
         exists().where(Job.last_poll_id == Poll.id),
     )
+
+
+def clear_quarantine(engine: Engine, ids: list[int]) -> int:
+    """Delete these quarantined polls (their failed poll rows stay); returns how many went."""
+    deleted = 0
+    with engine.begin() as conn:
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            deleted += conn.execute(delete(Quarantine).where(Quarantine.id.in_(chunk))).rowcount
+    return deleted

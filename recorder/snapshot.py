@@ -22,6 +22,7 @@ class Outcome(StrEnum):
     SERVER = "server"  # 5xx, 596
     BAD_PAYLOAD = "bad_payload"  # not JSON, not a list, HTML, too large, not UTF-8
     HTTP_ERROR = "http_error"  # any other unexpected status (404, 400, ...)
+    UNSTORABLE = "unstorable"  # the database would not take the list: kept in quarantine
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
+from recorder.clock import EARLIEST, LATEST, storable, to_datetime
 from recorder.inference import (
     Bounded,
     Closed,
@@ -26,7 +27,7 @@ from recorder.inference import (
     TargetState,
 )
 from recorder.lease import RecordingLease
-from recorder.models import Job, Observation, Poll, Target, Transition
+from recorder.models import Job, Observation, Poll, Quarantine, Target, Transition
 from recorder.snapshot import Item, Outcome, PollResult, Snapshot
 
 RUNNING = "running"
@@ -36,22 +37,50 @@ APPEARED, VANISHED, REAPPEARED = "appeared", "vanished", "reappeared"
 _CHUNK = 500
 
 
-def to_datetime(ts: float) -> datetime:
-    """Epoch seconds to an aware UTC datetime."""
-    return datetime.fromtimestamp(ts, tz=UTC)
-
-
 def to_timestamp(value: datetime) -> float:
     """An aware datetime to epoch seconds."""
     return value.timestamp()
 
 
-def _maybe_dt(ts: float | None) -> datetime | None:
-    return None if ts is None else to_datetime(ts)
-
-
 def _maybe_ts(value: datetime | None) -> float | None:
     return None if value is None else to_timestamp(value)
+
+
+class _Columns:
+    """Inferred numbers as values every backend stores, counting those it had to clamp or drop.
+
+    The inference works on any float; a hostile answer can push an estimate past the times a
+    database holds (year 9999) or, in theory, to a non-finite number. Such a value must cost
+    only itself: a bound becomes unknown (None, which is honest), a required time is clamped.
+    """
+
+    def __init__(self) -> None:
+        self.clamped = 0
+
+    def time(self, ts: float) -> datetime:
+        """A required time, clamped into the storable range."""
+        value = storable(ts)
+        if value is None:
+            self.clamped += 1
+            value = LATEST if ts > LATEST else EARLIEST  # NaN compares false: the epoch
+        return to_datetime(value)
+
+    def bound(self, ts: float | None) -> datetime | None:
+        """An optional time; unknown (None) when it cannot be stored."""
+        if ts is None:
+            return None
+        value = storable(ts)
+        if value is None:
+            self.clamped += 1
+            return None
+        return to_datetime(value)
+
+    def number(self, value: float | None) -> float | None:
+        """An optional number; None when it is not finite."""
+        if value is None or math.isfinite(value):
+            return value
+        self.clamped += 1
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +89,15 @@ class Loaded:
 
     state: TargetState
     last_ok_poll_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SetAside:
+    """A poll the database would not take: why, when, and the poll itself as JSON."""
+
+    at: float
+    error: str
+    payload: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +125,9 @@ class Store:
             found = conn.scalar(select(Target.id).where(Target.url == url))
             if found is not None:
                 return found
+            created = _Columns().time(now)
             inserted = conn.execute(
-                insert(Target).values(url=url, created_at=to_datetime(now)).returning(Target.id)
+                insert(Target).values(url=url, created_at=created).returning(Target.id)
             )
             return int(inserted.scalar_one())
 
@@ -124,6 +163,17 @@ class Store:
         state = TargetState(open_jobs, timing, int(failures or 0), offset)
         return Loaded(state, last_ok.id)
 
+    def recent_ok_polls(self, target_id: int, count: int) -> list[float]:
+        """When the target's latest `count` successful polls were sent, oldest first."""
+        with self.engine.connect() as conn:
+            sent = conn.scalars(
+                select(Poll.sent_at)
+                .where(Poll.target_id == target_id, Poll.outcome == Outcome.OK.value)
+                .order_by(Poll.id.desc())
+                .limit(count)
+            ).all()
+        return [to_timestamp(moment) for moment in reversed(sent)]
+
     def closed_jobs(self, target_id: int, api_ids: Iterable[str]) -> dict[str, JobState]:
         """The stored state of the finished jobs among `api_ids`."""
         found: dict[str, JobState] = {}
@@ -142,18 +192,34 @@ class Store:
         change: StepResult,
         last_ok_poll_id: int | None,
         lease: RecordingLease | None = None,
+        quarantine: SetAside | None = None,
     ) -> int:
         """Write one poll and everything it changed, in one transaction; returns the poll id.
 
         With a lease, the transaction first checks that this process still holds the target
-        (raising LeaseLost, and writing nothing, when another recorder took it over).
+        (raising LeaseLost, and writing nothing, when another recorder took it over). With
+        `quarantine`, the poll row stands for a poll that could not be stored, kept whole.
         """
+        columns = _Columns()
         with self.engine.begin() as conn:
             if lease is not None:
                 lease.check(conn)
-            poll_id = _insert_poll(conn, target_id, result, change)
+            poll_id = _insert_poll(conn, target_id, result, change, columns)
+            if quarantine is not None:
+                row = {
+                    "target_id": target_id,
+                    "poll_id": poll_id,
+                    "set_aside_at": columns.time(quarantine.at),
+                    "error": quarantine.error,
+                    "payload": quarantine.payload,
+                }
+                conn.execute(insert(Quarantine).values(**row))
             if change.changed:
-                _write_changes(conn, target_id, poll_id, result, change, last_ok_poll_id)
+                _write_changes(conn, target_id, poll_id, change, last_ok_poll_id, columns)
+            if columns.clamped:
+                # Rare: counted with the values the parser dropped, after the fact.
+                dropped = func.coalesce(Poll.dropped_values, 0) + columns.clamped
+                conn.execute(update(Poll).where(Poll.id == poll_id).values(dropped_values=dropped))
         return poll_id
 
     def listing_at(self, poll_id: int) -> list[ListedItem]:
@@ -194,12 +260,14 @@ def _job_state(row: Any) -> JobState:
     return JobState(row.api_id, start, StartSource(row.start_source), item)
 
 
-def _insert_poll(conn: Connection, target_id: int, result: PollResult, change: StepResult) -> int:
+def _insert_poll(
+    conn: Connection, target_id: int, result: PollResult, change: StepResult, columns: _Columns
+) -> int:
     answer = result.answer
     values: dict[str, Any] = {
         "target_id": target_id,
-        "sent_at": to_datetime(result.sent_at),
-        "received_at": to_datetime(result.received_at),
+        "sent_at": columns.time(result.sent_at),
+        "received_at": columns.time(result.received_at),
         "latency_s": result.received_at - result.sent_at,
         "http_status": result.http_status,
     }
@@ -209,7 +277,7 @@ def _insert_poll(conn: Connection, target_id: int, result: PollResult, change: S
             "outcome": Outcome.OK.value,
             "item_count": len(answer.items),
             "dropped_values": dropped or None,
-            "server_time": change.server_time,
+            "server_time": columns.number(change.server_time),
             "after_gap": change.after_gap,
         }
     else:
@@ -221,12 +289,11 @@ def _write_changes(
     conn: Connection,
     target_id: int,
     poll_id: int,
-    result: PollResult,
     change: StepResult,
     last_ok_poll_id: int | None,
+    columns: _Columns,
 ) -> None:
-    assert isinstance(result.answer, Snapshot)
-    job_ids = _insert_opened(conn, target_id, poll_id, change)
+    job_ids = _insert_opened(conn, target_id, poll_id, change, columns)
     touched = [e.job.api_id for e in change.reopened] + [e.api_id for e in change.observed]
     touched += [e.api_id for e in change.closed]
     job_ids |= _job_ids(conn, target_id, (i for i in touched if i not in job_ids))
@@ -238,7 +305,8 @@ def _write_changes(
         transitions.append({"job_id": job_id, "kind": REAPPEARED})
     for closed in change.closed:
         job_id = job_ids[closed.api_id]
-        conn.execute(update(Job).where(Job.id == job_id).values(**_close(closed, last_ok_poll_id)))
+        values = _close(closed, last_ok_poll_id, columns)
+        conn.execute(update(Job).where(Job.id == job_id).values(**values))
         transitions.append({"job_id": job_id, "kind": VANISHED})
     if transitions:
         conn.execute(insert(Transition), [t | {"poll_id": poll_id} for t in transitions])
@@ -247,7 +315,7 @@ def _write_changes(
     opened = {e.job.api_id for e in change.opened}
     for observed in change.observed:
         job_id = job_ids[observed.api_id]
-        state = _item_columns(observed.item)
+        state = _item_columns(observed.item, columns)
         if observed.api_id not in opened:  # a new job's row already holds its state
             conn.execute(update(Job).where(Job.id == job_id).values(**state))
         observations.append(
@@ -270,53 +338,55 @@ _REOPEN: dict[str, Any] = {
 }
 
 
-def _close(event: Closed, last_ok_poll_id: int | None) -> dict[str, Any]:
+def _close(event: Closed, last_ok_poll_id: int | None, columns: _Columns) -> dict[str, Any]:
     return {
         "status": FINISHED,
         "last_poll_id": last_ok_poll_id,
-        "end_at": to_datetime(event.end.at),
-        "end_min": _maybe_dt(event.end.lo),
-        "end_max": _maybe_dt(event.end.hi),
-        "duration_s": event.duration.at,
-        "duration_min_s": event.duration.lo,
-        "duration_max_s": event.duration.hi,
+        "end_at": columns.time(event.end.at),
+        "end_min": columns.bound(event.end.lo),
+        "end_max": columns.bound(event.end.hi),
+        "duration_s": columns.number(event.duration.at),
+        "duration_min_s": columns.number(event.duration.lo),
+        "duration_max_s": columns.number(event.duration.hi),
         "closed_across_gap": event.across_gap,
     }
 
 
-def _item_columns(item: ItemState) -> dict[str, Any]:
+def _item_columns(item: ItemState, columns: _Columns) -> dict[str, Any]:
     return {
         "type": item.type,
         "started_raw": item.started_raw,
         "reply_url": item.reply_url,
         "reply_ref": item.reply_ref,
-        "elapsed_origin": item.elapsed_origin,
+        "elapsed_origin": columns.number(item.elapsed_origin),
     }
 
 
 def _insert_opened(
-    conn: Connection, target_id: int, poll_id: int, change: StepResult
+    conn: Connection, target_id: int, poll_id: int, change: StepResult, columns: _Columns
 ) -> dict[str, int]:
     if not change.opened:
         return {}
-    rows = [_opened_row(target_id, poll_id, e.job, e.item) for e in change.opened]
+    rows = [_opened_row(target_id, poll_id, e.job, e.item, columns) for e in change.opened]
     inserted = conn.execute(
         insert(Job).returning(Job.id, Job.api_id, sort_by_parameter_order=True), rows
     )
     return {row.api_id: row.id for row in inserted}
 
 
-def _opened_row(target_id: int, poll_id: int, job: JobState, item: Item) -> dict[str, Any]:
-    return _item_columns(job.item) | {
+def _opened_row(
+    target_id: int, poll_id: int, job: JobState, item: Item, columns: _Columns
+) -> dict[str, Any]:
+    return _item_columns(job.item, columns) | {
         "target_id": target_id,
         "api_id": job.api_id,
         "account": item.account,
         "user_id": item.user_id,
         "status": RUNNING,
         "first_poll_id": poll_id,
-        "start_at": to_datetime(job.start.at),
-        "start_min": _maybe_dt(job.start.lo),
-        "start_max": _maybe_dt(job.start.hi),
+        "start_at": columns.time(job.start.at),
+        "start_min": columns.bound(job.start.lo),
+        "start_max": columns.bound(job.start.hi),
         "start_source": job.start_source.value,
         "closed_across_gap": False,
     }

@@ -74,6 +74,7 @@ def test_a_poll_with_1000_jobs_in_flight_and_no_change_writes_one_row(
         "transitions": 0,
         "observations": 0,
         "leases": 0,
+        "quarantine": 0,
     }
     assert sum(after_third.values()) - sum(after_second.values()) == 1
 
