@@ -6,8 +6,10 @@ Everything here is pure: no I/O, no clock reads. The daemon feeds one poll at a 
 Times are floats, seconds since the epoch, UTC, on the recorder's clock unless a name says
 ``server``. The API server's clock may be skewed: we never subtract a server timestamp from one
 of ours. Instead each successful poll yields an estimate of the *server time* at which the list
-was taken (``server_time``), found from the items that carry both ``started`` and ``elapsed``;
-its difference from our clock is the skew (``offset``), which converts ``started`` to our clock.
+was taken (``server_time``), found from the largest group of items whose ``started`` (with
+``elapsed``) agree; its difference from our clock is the skew (``offset``), which converts
+``started`` to our clock. An item outside that group is an outlier: its ``started`` is never
+read with the skew, and it never moves the skew (see :func:`estimate_clock`).
 
 How the bounds are derived (``sent``/``received`` are a poll's times on our clock):
 
@@ -21,7 +23,7 @@ How the bounds are derived (``sent``/``received`` are a poll's times on our cloc
 from __future__ import annotations
 
 import math
-import statistics
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -30,6 +32,13 @@ from recorder.snapshot import Failure, Item, Snapshot
 
 # `started` carries milliseconds; a value rounded to them is off by at most half of one.
 _STARTED_RESOLUTION_S = 0.001
+# Server-time windows are widened by that, so that honest items always share a point.
+_PAD_S = _STARTED_RESOLUTION_S
+# How far the server clock may drift from the previous poll's skew and still agree with it.
+_PRIOR_SLACK_S = 2.0
+
+# A start on our clock: (estimate, low bound, high bound).
+_Span = tuple[float, float, float]
 
 
 class StartSource(StrEnum):
@@ -68,6 +77,17 @@ class Offset:
 
     seconds: float
     error: float
+
+
+@dataclass(frozen=True, slots=True)
+class ServerClock:
+    """What one poll says about the server's clock."""
+
+    server_time: float  # when the server took the list, on its clock
+    offset: Offset | None = None  # the consensus's skew; None when no trusted window sets it
+    # Items whose `started` the consensus cannot explain; their starts ignore that skew.
+    outliers: frozenset[str] = frozenset()
+    skews: tuple[Offset, ...] = ()  # every skew an outlier's `started` might be read with
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +203,7 @@ def step(
     if isinstance(answer, Failure):
         return StepResult(state=replace(state, failures_since_ok=state.failures_since_ok + 1))
 
-    server_time, offset = estimate_server_time(answer.items, poll, state)
+    clock = estimate_clock(answer.items, poll, state, closed_jobs)
     opened: list[Opened] = []
     reopened: list[Reopened] = []
     observed: list[Observed] = []
@@ -195,11 +215,11 @@ def step(
             job = closed_jobs[item.api_id]
             reopened.append(Reopened(job))
         if job is None:
-            job = _open(item, poll, state.last_ok, offset, server_time)
+            job = _open(item, poll, state.last_ok, clock)
             opened.append(Opened(job, item))
             observed.append(Observed(item.api_id, job.item, item.elapsed_s))
         else:
-            change = _observe(job.item, item, server_time)
+            change = _observe(job.item, item, clock.server_time, item.api_id not in clock.outliers)
             if change is not None:
                 observed.append(Observed(item.api_id, change, item.elapsed_s))
                 job = replace(job, item=change)
@@ -216,11 +236,11 @@ def step(
         del open_jobs[event.api_id]
 
     next_state = TargetState(
-        open_jobs=open_jobs, last_ok=poll, failures_since_ok=0, offset=offset or state.offset
+        open_jobs=open_jobs, last_ok=poll, failures_since_ok=0, offset=clock.offset or state.offset
     )
     return StepResult(
         state=next_state,
-        server_time=server_time,
+        server_time=clock.server_time,
         after_gap=across_gap,
         opened=tuple(opened),
         reopened=tuple(reopened),
@@ -229,83 +249,243 @@ def step(
     )
 
 
-def estimate_server_time(
-    items: Iterable[Item], poll: PollTime, state: TargetState
-) -> tuple[float, Offset | None]:
-    """The server time at which the list was taken, and the skew it implies.
+def estimate_clock(
+    items: Iterable[Item],
+    poll: PollTime,
+    state: TargetState,
+    closed_jobs: Mapping[str, JobState] | None = None,
+) -> ServerClock:
+    """What this poll's list says about the server's clock: a consensus, and who disagrees with it.
 
-    Each item with `started` and `elapsed` says the server time was in
-    ``[started + elapsed, started + elapsed + 1)``; the intersection over items bounds it.
-    Without such items, known jobs' stored elapsed origins stand in; without those, our
-    clock plus the last known skew.
+    Every item with `started` is a witness of the server time at which the list was taken (see
+    :func:`_witnesses`). The largest group of witnesses that share a point is the consensus; a
+    tie is broken by the previous poll's skew, else the poll stays unresolved. Only the
+    consensus's started+elapsed windows set the server time and the skew; an item outside it is
+    an outlier, whose `started` nobody reads with that skew. `closed_jobs` is as for :func:`step`.
     """
     items = list(items)
-    windows = [
-        i.started + i.elapsed_s for i in items if i.started is not None and i.elapsed_s is not None
-    ]
-    if windows:
-        return _from_windows(windows, poll, exact=True)
-    origins = [
-        job.item.elapsed_origin + i.elapsed_s
+    witnesses = _witnesses(items, poll, state, closed_jobs or {})
+    camps = _largest_groups([(w.lo, w.hi) for w in witnesses])
+    camps = _prefer_prior(camps, witnesses, state, poll)
+    fallback = _fallback_time(items, poll, state)
+    if not camps:
+        return ServerClock(fallback)
+    groups = [[witnesses[k] for k in camp] for camp in camps]
+    skews = tuple(_camp_skew(group, poll) for group in groups)
+    if len(groups) > 1:
+        # Equal camps that the previous skew cannot tell apart: any of them may be the clock,
+        # so no `started` is read with one skew; each start covers every camp's reading.
+        dated = frozenset(i.api_id for i in items if i.started is not None)
+        return ServerClock(fallback, None, dated, skews)
+    camp = groups[0]
+    outliers = _outside(items, camp, witnesses)
+    windows = [w for w in camp if w.window]
+    if not windows:
+        # Only items with `started` alone agree, within their poll bounds: too loose a skew.
+        return ServerClock(fallback, None, outliers, skews)
+    lo, hi = max(w.lo for w in windows), min(w.hi for w in windows)
+    return ServerClock((lo + hi) / 2, skews[0], outliers, skews)
+
+
+def _outside(items: list[Item], camp: list[_Witness], witnesses: list[_Witness]) -> frozenset[str]:
+    """The items with `started` that the winning camp cannot explain."""
+    members = {w.key for w in camp}
+    witnessed = {w.key for w in witnesses}
+    camp_hi = min(w.hi for w in camp)
+    return frozenset(
+        i.api_id
         for i in items
-        if i.elapsed_s is not None
-        and (job := state.open_jobs.get(i.api_id)) is not None
-        and job.item.elapsed_origin is not None
+        if i.started is not None
+        and i.api_id not in members
+        # An item that is no witness only proves it started before the list was taken.
+        and (i.api_id in witnessed or i.started - _PAD_S > camp_hi)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Witness:
+    """An interval of server time in which one piece of evidence puts the list."""
+
+    key: str
+    lo: float
+    hi: float
+    window: bool  # from `started` + `elapsed`: the only evidence precise enough to set the skew
+
+
+def _witnesses(
+    items: list[Item], poll: PollTime, state: TargetState, closed_jobs: Mapping[str, JobState]
+) -> list[_Witness]:
+    """The server-time intervals in which the items' `started` put the list.
+
+    `elapsed` is truncated, so an item with both says ``[started + elapsed, started + elapsed
+    + 1)``. An item with `started` alone says that ``server time - started``, the job's age, is
+    an age its start bounds on our clock allow at this poll: the polls' bounds for a new job,
+    the stored ones for a known job (none before a first successful poll: no witness).
+    Intervals are widened by the millisecond rounding of `started`.
+    """
+    found = []
+    for item in items:
+        if item.started is None:
+            continue
+        if item.elapsed_s is not None:
+            low = item.started + item.elapsed_s
+            found.append(_Witness(item.api_id, low - _PAD_S, low + 1.0 + _PAD_S, window=True))
+            continue
+        start = _known_start(item.api_id, poll, state, closed_jobs)
+        if start is not None and start.lo is not None and start.hi is not None:
+            # A job listed by this list started before it was taken, on any clock.
+            youngest = max(0.0, poll.sent_at - start.hi)
+            oldest = poll.received_at - start.lo
+            lo, hi = item.started + youngest - _PAD_S, item.started + oldest + _PAD_S
+            found.append(_Witness(item.api_id, lo, hi, window=False))
+    return found
+
+
+def _known_start(
+    api_id: str, poll: PollTime, state: TargetState, closed_jobs: Mapping[str, JobState]
+) -> Bounded | None:
+    """What we know of a job's start on our clock before reading this item's `started`."""
+    job = state.open_jobs.get(api_id) or closed_jobs.get(api_id)
+    if job is not None:
+        return job.start
+    if state.last_ok is None:
+        return None
+    # New: not listed by the previous successful poll (barring a glitch), listed by this one.
+    return Bounded(poll.received_at, state.last_ok.sent_at, poll.received_at)
+
+
+def _largest_groups(spans: list[tuple[float, float]]) -> list[list[int]]:
+    """The largest sets of closed spans that share a point (max overlap), each set once."""
+    if not spans:
+        return []
+    lows = sorted(lo for lo, _ in spans)
+    highs = sorted(hi for _, hi in spans)
+    # Where closed spans overlap most, some span begins; count the spans covering each start.
+    counts = {lo: bisect_right(lows, lo) - bisect_left(highs, lo) for lo in lows}
+    most = max(counts.values())
+    groups: list[list[int]] = []
+    for point in sorted(p for p, n in counts.items() if n == most):
+        group = [k for k, (lo, hi) in enumerate(spans) if lo <= point <= hi]
+        if group not in groups:
+            groups.append(group)
+    return groups
+
+
+def _prefer_prior(
+    camps: list[list[int]], witnesses: list[_Witness], state: TargetState, poll: PollTime
+) -> list[list[int]]:
+    """Break a tie between equal camps by the previous poll's skew, when it picks exactly one.
+
+    The previous skew is not a vote: a unique largest camp wins even against it, because a
+    server clock may step and an item that disagrees alone gets its start from its own window,
+    which equals what its `elapsed` gives.
+    """
+    if len(camps) < 2 or state.offset is None:
+        return camps
+    slack = state.offset.error + _PRIOR_SLACK_S
+    lo = poll.sent_at + state.offset.seconds - slack
+    hi = poll.received_at + state.offset.seconds + slack
+    agreeing = [
+        camp
+        for camp in camps
+        if max(witnesses[k].lo for k in camp) <= hi and lo <= min(witnesses[k].hi for k in camp)
     ]
-    if origins:
-        server_time, _ = _from_windows(origins, poll, exact=False)
-        return server_time, None
-    skew = state.offset.seconds if state.offset else 0.0
-    return poll.mid + skew, None
+    return agreeing if len(agreeing) == 1 else camps
 
 
-def _from_windows(lows: list[float], poll: PollTime, *, exact: bool) -> tuple[float, Offset | None]:
-    lo, hi = max(lows), min(lows) + 1.0
-    if lo < hi:
-        server_time = (lo + hi) / 2
-        # The list was taken at some instant in [sent, received] on our clock.
-        low_offset, high_offset = lo - poll.received_at, hi - poll.sent_at
+def _camp_skew(camp: list[_Witness], poll: PollTime) -> Offset:
+    """The skew a camp implies: list taken at an instant in ``[sent, received]`` on our clock."""
+    windows = [w for w in camp if w.window]
+    if windows:
+        lo, hi = max(w.lo for w in windows), min(w.hi for w in windows)
     else:
-        # Items disagree (a server that computes `elapsed` at different instants): take the
-        # median and widen the error to cover every item.
-        server_time = statistics.median(low + 0.5 for low in lows)
-        low_offset = min(lows) - poll.received_at
-        high_offset = max(lows) + 1.0 - poll.sent_at
-    if not exact:
-        return server_time, None
-    centre = (low_offset + high_offset) / 2
-    return server_time, Offset(seconds=centre, error=(high_offset - low_offset) / 2)
+        # Loose witnesses only: their hull, so that the skew holds if any one of them is true.
+        lo, hi = min(w.lo for w in camp), max(w.hi for w in camp)
+    low_offset, high_offset = lo - poll.received_at, hi - poll.sent_at
+    return Offset((low_offset + high_offset) / 2, (high_offset - low_offset) / 2)
 
 
-def _open(
-    item: Item,
-    poll: PollTime,
-    last_ok: PollTime | None,
-    offset: Offset | None,
-    server_time: float,
-) -> JobState:
+def _fallback_time(items: list[Item], poll: PollTime, state: TargetState) -> float:
+    """The server time when no trusted window sets it: from known jobs, else our clock."""
+    lows = []
+    for i in items:
+        job = state.open_jobs.get(i.api_id)
+        if i.elapsed_s is not None and job is not None and job.item.elapsed_origin is not None:
+            lows.append(job.item.elapsed_origin + i.elapsed_s)
+    groups = _largest_groups([(low, low + 1.0) for low in lows])
+    if groups:
+        # Stored origins were all set against our own estimates, so they rarely disagree;
+        # when they do, the largest agreeing group keeps the most predictions intact.
+        lo, hi = max(lows[k] for k in groups[0]), min(lows[k] for k in groups[0]) + 1.0
+        return (lo + hi) / 2
+    skew = state.offset.seconds if state.offset else 0.0
+    return poll.mid + skew
+
+
+def _open(item: Item, poll: PollTime, last_ok: PollTime | None, clock: ServerClock) -> JobState:
     # Had the job run at the previous successful poll, that poll would have listed it.
     poll_lo = last_ok.sent_at if last_ok is not None else None
     poll_hi = poll.received_at
-    if item.started is not None and offset is not None:
-        at = item.started - offset.seconds
-        err = offset.error + _STARTED_RESOLUTION_S
+    trusted = item.api_id not in clock.outliers
+    if not trusted:
+        start, source = _untrusted_start(item, poll, poll_lo, clock.skews)
+    elif item.started is not None and clock.offset is not None:
+        at = item.started - clock.offset.seconds
+        err = clock.offset.error + _STARTED_RESOLUTION_S
         start, source = _within(at, at - err, at + err, poll_lo, poll_hi), StartSource.STARTED
-    elif item.started is not None:
-        # No item has ever shown `elapsed`, so the skew is unknown: trust `started` as is,
-        # but keep the bounds that the polls alone give.
-        start, source = _clamp(item.started, poll_lo, poll_hi), StartSource.STARTED
     elif item.elapsed_s is not None:
-        age = item.elapsed_s
-        start = _within(
-            poll.mid - age - 0.5, poll.sent_at - age - 1.0, poll.received_at - age, poll_lo, poll_hi
-        )
-        source = StartSource.ELAPSED
+        at, lo, hi = _elapsed_span(item.elapsed_s, poll)
+        start, source = _within(at, lo, hi, poll_lo, poll_hi), StartSource.ELAPSED
+    elif item.started is not None:
+        # No trusted window sets the skew (no item shows `elapsed`, or only `started`-alone
+        # items agree): trust `started` as is, but keep the bounds that the polls alone give.
+        start, source = _clamp(item.started, poll_lo, poll_hi), StartSource.STARTED
     else:
-        at = (poll_lo + poll_hi) / 2 if poll_lo is not None else poll_hi
-        start, source = Bounded(at, poll_lo, poll_hi), StartSource.POLL
-    origin = _origin(item, server_time)
+        start, source = _poll_start(poll_lo, poll_hi), StartSource.POLL
+    origin = _origin(item, clock.server_time, trust_started=trusted)
     return JobState(item.api_id, start, source, _item_state(item, origin=origin))
+
+
+def _untrusted_start(
+    item: Item, poll: PollTime, poll_lo: float | None, skews: tuple[Offset, ...]
+) -> tuple[Bounded, StartSource]:
+    """A start for an item the consensus cannot vouch for, true whichever of its fields lied.
+
+    Each reading is a possible truth: its `elapsed` (if `started` lied), and its `started`
+    under each camp's skew (if `elapsed` lied, or that camp is the real clock). The polls
+    rule readings out; the start covers every reading left.
+    """
+    poll_hi = poll.received_at
+    readings: list[tuple[_Span, StartSource]] = []
+    if item.elapsed_s is not None:
+        readings.append((_elapsed_span(item.elapsed_s, poll), StartSource.ELAPSED))
+    if item.started is not None:
+        for skew in skews:
+            at, err = item.started - skew.seconds, skew.error + _STARTED_RESOLUTION_S
+            readings.append(((at, at - err, at + err), StartSource.STARTED))
+    # Listed by this poll, so started before it was answered: a later reading is a lie.
+    possible = [r for r in readings if r[0][1] <= poll_hi]
+    # Not listed by the previous poll, so it started after that poll was sent. Unlike _within,
+    # the polls win here: the item is already suspect, so a reading from before is taken for a
+    # lie rather than for a glitch of that list.
+    kept = [r for r in possible if poll_lo is None or r[0][2] >= poll_lo]
+    if not kept:
+        return _poll_start(poll_lo, poll_hi), StartSource.POLL
+    # `elapsed` comes first: it needs no skew, so it is the best single guess.
+    (at, _, _), source = kept[0]
+    lo = min(span[1] for span, _ in kept)
+    hi = max(span[2] for span, _ in kept)
+    return _within(at, lo, hi, poll_lo, poll_hi), source
+
+
+def _elapsed_span(elapsed: int, poll: PollTime) -> _Span:
+    """Start (estimate, low, high) on our clock from an `elapsed` seen by this poll."""
+    return poll.mid - elapsed - 0.5, poll.sent_at - elapsed - 1.0, poll.received_at - elapsed
+
+
+def _poll_start(poll_lo: float | None, poll_hi: float) -> Bounded:
+    at = (poll_lo + poll_hi) / 2 if poll_lo is not None else poll_hi
+    return Bounded(at, poll_lo, poll_hi)
 
 
 def _within(at: float, lo: float, hi: float, poll_lo: float | None, poll_hi: float) -> Bounded:
@@ -336,16 +516,21 @@ def _item_state(item: Item, origin: float | None) -> ItemState:
     )
 
 
-def _origin(item: Item, server_time: float) -> float | None:
+def _origin(item: Item, server_time: float, *, trust_started: bool) -> float | None:
     """An elapsed origin that reproduces this item's `elapsed` at `server_time`."""
     if item.elapsed_s is None:
         return None
-    if item.started is not None and math.floor(server_time - item.started) == item.elapsed_s:
+    # An outlier's `started` is not on the clock `server_time` reads, whatever it happens to fit.
+    if (
+        trust_started
+        and item.started is not None
+        and math.floor(server_time - item.started) == item.elapsed_s
+    ):
         return item.started
     return server_time - item.elapsed_s - 0.5
 
 
-def _observe(current: ItemState, item: Item, server_time: float) -> ItemState | None:
+def _observe(current: ItemState, item: Item, server_time: float, trusted: bool) -> ItemState | None:
     """The job's new state if the item differs from what `current` predicts, else None."""
     same_fields = (
         current.type == item.type
@@ -355,7 +540,7 @@ def _observe(current: ItemState, item: Item, server_time: float) -> ItemState | 
     )
     if same_fields and current.predict_elapsed(server_time) == item.elapsed_s:
         return None
-    return _item_state(item, origin=_origin(item, server_time))
+    return _item_state(item, origin=_origin(item, server_time, trust_started=trusted))
 
 
 def _gap_since_last_ok(state: TargetState, poll: PollTime, gap_s: float) -> bool:

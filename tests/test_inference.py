@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field, replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recorder.inference import PollTime, StartSource, TargetState, step
+from recorder.inference import (
+    Bounded,
+    Offset,
+    PollTime,
+    StartSource,
+    TargetState,
+    estimate_clock,
+    step,
+)
 from recorder.snapshot import Failure, Item, Outcome, Snapshot
 from tests.inference_model import Replay, TrueJob, TruePoll, contains, iso, listing, run
 
@@ -195,13 +204,215 @@ def test_failed_polls_write_no_events() -> None:
     assert result.server_time is None
 
 
+# --- the server's clock: consensus and outliers ------------------------------------------------
+
+HOUR = 3600.0
+
+
+def true_job(
+    api_id: str,
+    start: float,
+    end: float,
+    *,
+    shift: float = 0.0,
+    started: bool = True,
+    elapsed: bool = True,
+) -> TrueJob:
+    return TrueJob(api_id, T0 + start, T0 + end, started, elapsed, shift)
+
+
+def true_polls(*times: float, latency: float = 0.2) -> list[TruePoll]:
+    return [TruePoll(T0 + t, latency, T0 + t + latency / 2) for t in times]
+
+
+@dataclass(frozen=True)
+class ClockCase:
+    jobs: list[TrueJob]
+    polls: list[TruePoll]
+    # Job id -> the widest duration bounds (s) it may get: polls 5 s apart give an end 5.2 s
+    # wide, so 6.5 means a start known to a second and 10.5 one known only from the polls.
+    tight: dict[str, float] = field(default_factory=dict)
+    skew: float = 120.0
+
+
+CLOCK_CASES = {
+    # Issue 9, as found: "bogus" set the skew alone, and "honest", which runs 10 s, came out as
+    # running 1h00m (bounds 1h00m..1h00m). Its `started` alone fits no skew with "bogus".
+    "a started an hour in the future beside an honest job": ClockCase(
+        [true_job("honest", 1.0, 11.0, elapsed=False), true_job("bogus", 2.5, 12.0, shift=HOUR)],
+        true_polls(0, 5, 10, 15),
+        tight={"honest": 10.5, "bogus": 6.5},
+    ),
+    "a started an hour in the past": ClockCase(
+        [
+            true_job("a", 1.0, 11.0),
+            true_job("c", 2.0, 14.0, elapsed=False),
+            true_job("bogus", 3.0, 12.0, shift=-HOUR),
+        ],
+        true_polls(0, 5, 10, 15, 20),
+        tight={"a": 6.5, "c": 6.5, "bogus": 6.5},
+    ),
+    "two outliers, one each way": ClockCase(
+        [
+            true_job("a", 1.0, 11.0),
+            true_job("c", 2.0, 12.0),
+            true_job("future", 1.5, 12.0, shift=HOUR),
+            true_job("past", 3.0, 13.0, shift=-24 * HOUR),
+        ],
+        true_polls(0, 5, 10, 15, 20),
+        tight={"a": 6.5, "c": 6.5, "future": 6.5, "past": 6.5},
+    ),
+    "an outlier that is the only item": ClockCase(
+        [true_job("bogus", 1.0, 12.0, shift=HOUR)],
+        true_polls(0, 5, 10, 15),
+        tight={"bogus": 6.5},
+    ),
+    # "a" sets the skew; later "bogus" is alone (it becomes the consensus), then "c" joins it:
+    # a tie that the now wrong skew breaks for "bogus", and still "c" keeps a tight start.
+    "an outlier alone, then beside an honest job": ClockCase(
+        [
+            true_job("a", -3.0, 4.0),
+            true_job("bogus", 6.0, 23.0, shift=HOUR),
+            true_job("c", 12.0, 24.0),
+        ],
+        true_polls(0, 5, 10, 15, 20, 25, 30),
+        tight={"a": 6.5, "bogus": 6.5, "c": 6.5},
+    ),
+    "a tie that the previous skew breaks": ClockCase(
+        [
+            true_job("a", -3.0, 4.0),
+            true_job("c", 6.0, 13.0),
+            true_job("bogus", 7.0, 14.0, shift=HOUR),
+        ],
+        true_polls(0, 5, 10, 15, 20),
+        tight={"a": 6.5, "c": 6.5, "bogus": 6.5},
+    ),
+    "two camps of two: the previous skew picks the honest one": ClockCase(
+        [
+            true_job("a", -3.0, 4.0),
+            true_job("c", 6.0, 13.0),
+            true_job("d", 7.0, 14.0),
+            true_job("bogus-1", 6.5, 13.0, shift=HOUR),
+            true_job("bogus-2", 7.5, 14.0, shift=HOUR),
+        ],
+        true_polls(0, 5, 10, 15, 20),
+        tight={"a": 6.5, "c": 6.5, "d": 6.5, "bogus-1": 6.5, "bogus-2": 6.5},
+    ),
+    # Nothing tells the two apart on a first poll: either may be the clock. Read with "honest"'s
+    # clock, "bogus" would start after it was listed, so only its `elapsed` is left and it stays
+    # tight; "honest" may be an hour old with an `elapsed` that restarted: its bounds span that.
+    "a tie on the very first poll": ClockCase(
+        [true_job("honest", -4.0, 8.0), true_job("bogus", -3.0, 9.0, shift=HOUR)],
+        true_polls(0, 5, 10, 15),
+        tight={"bogus": 6.5},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CLOCK_CASES.values(), ids=CLOCK_CASES.keys())
+def test_items_the_clock_consensus_cannot_explain(case: ClockCase) -> None:
+    replay = run(case.jobs, case.polls, case.skew, gap_s=GAP)
+    assert set(replay.records) == {j.api_id for j in case.jobs}
+    for job in case.jobs:
+        rec = replay.records[job.api_id]
+        assert rec.end is not None and rec.duration is not None
+        assert contains(rec.state.start, job.start), (job.api_id, rec.state.start)
+        assert contains(rec.end, job.end), (job.api_id, rec.end)
+        assert contains(rec.duration, job.end - job.start), (job.api_id, rec.duration)
+        if job.api_id in case.tight:
+            assert rec.duration.lo is not None and rec.duration.hi is not None
+            width = rec.duration.hi - rec.duration.lo
+            assert width <= case.tight[job.api_id], (job.api_id, rec.duration)
+
+
+def test_an_outlier_does_not_move_the_skew_and_is_recorded_and_predicted() -> None:
+    replay = feed(
+        (poll(0.0), snap(item("a", started=-5.0, elapsed=5), item("b", started=-3.0, elapsed=3))),
+        (
+            poll(10.0),
+            snap(
+                item("a", started=-5.0, elapsed=15),
+                item("b", started=-3.0, elapsed=13),
+                item("bogus", started=HOUR + 8.0, elapsed=2),
+            ),
+        ),
+        (
+            poll(20.0),
+            snap(
+                item("a", started=-5.0, elapsed=25),
+                item("b", started=-3.0, elapsed=23),
+                item("bogus", started=HOUR + 8.0, elapsed=12),
+            ),
+        ),
+    )
+    assert replay.state.offset is not None
+    assert replay.state.offset.seconds == pytest.approx(0.0, abs=0.6)
+    first, second = replay.results[1:]
+    assert first.server_time == pytest.approx(T0 + 10.0, abs=0.6)
+    (opened,) = first.opened
+    assert opened.job.api_id == "bogus" and opened.job.start_source is StartSource.ELAPSED
+    assert contains(opened.job.start, T0 + 7.5)
+    assert opened.job.start.hi is not None and opened.job.start.lo is not None
+    assert opened.job.start.hi - opened.job.start.lo <= 1.01
+    # Its origin is on the consensus clock, so the next unchanged poll writes nothing.
+    assert not second.changed
+
+
+def test_a_step_of_the_server_clock_is_followed_when_items_agree_on_it() -> None:
+    # "a" was stamped before the server's clock stepped 300 s ahead; its `elapsed` runs on.
+    replay = feed(
+        (poll(0.0), snap(item("a", started=-5.0, elapsed=5))),
+        (
+            poll(10.0),
+            snap(
+                item("a", started=-5.0, elapsed=15),
+                item("c", started=300.0 + 6.0, elapsed=4),
+                item("d", started=300.0 + 8.0, elapsed=2),
+            ),
+        ),
+    )
+    assert replay.state.offset is not None
+    assert replay.state.offset.seconds == pytest.approx(300.0, abs=0.6)
+    for api_id, truth in [("c", T0 + 5.5), ("d", T0 + 7.5)]:
+        start = replay.records[api_id].state.start
+        assert start.at == pytest.approx(truth, abs=0.51)
+        assert contains(start, truth)
+
+
+def test_a_tie_without_a_previous_skew_sets_none() -> None:
+    items = [item("a", started=-4.0, elapsed=4), item("b", started=HOUR - 3.0, elapsed=3)]
+    clock = estimate_clock(items, poll(0.0), TargetState())
+    assert clock.offset is None
+    assert clock.outliers == {"a", "b"}
+    assert len(clock.skews) == 2
+
+
+def test_the_previous_skew_breaks_a_tie() -> None:
+    items = [item("a", started=-4.0, elapsed=4), item("b", started=HOUR - 3.0, elapsed=3)]
+    state = TargetState(last_ok=poll(-10.0), offset=Offset(0.0, 0.5))
+    clock = estimate_clock(items, poll(0.0), state)
+    assert clock.outliers == {"b"}
+    assert clock.offset is not None
+    assert clock.offset.seconds == pytest.approx(0.0, abs=0.6)
+    assert clock.server_time == pytest.approx(T0, abs=0.6)
+
+
+def test_a_started_in_the_future_of_the_consensus_is_an_outlier_even_on_a_first_poll() -> None:
+    items = [item("a", started=-4.0, elapsed=4), item("b", started=60.0)]
+    clock = estimate_clock(items, poll(0.0), TargetState())
+    assert clock.outliers == {"b"}
+    replay = feed((poll(0.0), snap(*items)))
+    start = replay.records["b"].state.start
+    assert start.hi == T0 and start.lo is None  # only the poll proves anything about it
+
+
 # --- properties against a ground truth -------------------------------------------------------
 
 INTERVAL = st.sampled_from([0.5, 1.0, 5.0, 10.0, 30.0])
 
 
 @st.composite
-def scenarios(draw: st.DrawFn, *, glitches: bool = False) -> tuple:
+def scenarios(draw: st.DrawFn, *, glitches: bool = False, liars: bool = False) -> tuple:
     interval = draw(INTERVAL)
     n_polls = draw(st.integers(3, 40))
     horizon = interval * n_polls
@@ -231,7 +442,23 @@ def scenarios(draw: st.DrawFn, *, glitches: bool = False) -> tuple:
             drop = frozenset(j.api_id for j in jobs if draw(st.booleans()))
         listed_at = sent + latency * draw(st.floats(0, 1))
         polls.append(TruePoll(sent, latency, listed_at, ok, drop))
+    if liars:
+        jobs = [draw(bogus_started(job, k, polls)) for k, job in enumerate(jobs)]
     return jobs, polls, skew, interval
+
+
+@st.composite
+def bogus_started(draw: st.DrawFn, job: TrueJob, k: int, polls: list[TruePoll]) -> TrueJob:
+    """About one job in four shows a `started` hours or days off (never the same amount twice).
+
+    Not among the jobs the first successful poll lists: with nothing before it to compare
+    with, a lone bogus item there is indistinguishable from the truth (docs/inference.md).
+    """
+    first_ok = next(p for p in polls if p.ok)
+    if job.start <= first_ok.listed_at or draw(st.integers(0, 3)) != 0:
+        return job
+    shift = HOUR * (k + 1) + draw(st.floats(0, HOUR - 1))
+    return replace(job, started_shift=shift if draw(st.booleans()) else -shift)
 
 
 def seen(jobs: list[TrueJob], polls: list[TruePoll]) -> list[TrueJob]:
@@ -320,6 +547,91 @@ def test_failed_polls_change_nothing(scenario: tuple) -> None:
 @given(scenarios())
 def test_elapsed_is_reproduced_from_the_stored_state(scenario: tuple) -> None:
     """The stored origin (or an observation) gives back every `elapsed` a poll showed."""
+    jobs, polls, skew, interval = scenario
+    replay = Replay(gap_s=interval * 2.5)
+    for true_poll in polls:
+        timing = PollTime(true_poll.sent_at, true_poll.sent_at + true_poll.latency)
+        answer = listing(jobs, true_poll, skew) if true_poll.ok else FAIL
+        result = replay.feed(timing, answer)
+        if not isinstance(answer, Snapshot):
+            continue
+        assert result.server_time is not None and math.isfinite(result.server_time)
+        for listed in answer.items:
+            current = result.state.open_jobs[listed.api_id].item
+            assert current.predict_elapsed(result.server_time) == listed.elapsed_s
+
+
+# --- properties with bogus `started` values ---------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios(liars=True))
+def test_bogus_started_values_leave_every_bound_true(scenario: tuple) -> None:
+    jobs, polls, skew, interval = scenario
+    replay = run(jobs, polls, skew, gap_s=interval * 2.5)
+    assert {j.api_id for j in seen(jobs, polls)} == set(replay.records)
+    for job in seen(jobs, polls):
+        rec = replay.records[job.api_id]
+        assert rec.end is not None and rec.duration is not None, "every seen job is closed"
+        assert contains(rec.state.start, job.start), (rec.state, job)
+        assert contains(rec.end, job.end), (rec.end, job)
+        assert contains(rec.duration, job.end - job.start), (rec.duration, job)
+        assert rec.duration.at >= 0
+        assert rec.reopened == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios(liars=True))
+def test_bogus_started_values_leave_honest_jobs_as_accurate(scenario: tuple) -> None:
+    jobs, polls, skew, interval = scenario
+    replay = run(jobs, polls, skew, gap_s=interval * 2.5)
+    tolerance = interval / 2 + 1.0
+    for job in seen(jobs, polls):
+        if not job.honest:
+            continue
+        rec = replay.records[job.api_id]
+        assert rec.end is not None
+        if not rec.across_gap:
+            assert abs(rec.end.at - job.end) <= tolerance, (rec.end, job)
+        source = rec.state.start_source
+        if source is StartSource.ELAPSED or (
+            source is StartSource.STARTED and job.show_elapsed and job.show_started
+        ):
+            assert abs(rec.state.start.at - job.start) <= 1.0, (rec.state, job)
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios(liars=True))
+def test_bogus_started_values_never_move_an_honest_job(scenario: tuple) -> None:
+    """Honest jobs get the bounds they would get were every bogus `started` not shown at all.
+
+    (Not: were it true. A true `started` is evidence of the clock that a bogus one takes away.)
+    """
+    jobs, polls, skew, interval = scenario
+    replay = run(jobs, polls, skew, gap_s=interval * 2.5)
+    hidden = [j if j.honest else replace(j, show_started=False) for j in jobs]
+    baseline = run(hidden, polls, skew, gap_s=interval * 2.5)
+    for job in seen(jobs, polls):
+        if not job.honest:
+            continue
+        rec, base = replay.records[job.api_id], baseline.records[job.api_id]
+        assert rec.end == base.end
+        assert close_bounds(rec.state.start, base.state.start), (rec.state, base.state, job)
+        assert rec.duration is not None and base.duration is not None
+        assert close_bounds(rec.duration, base.duration), (rec.duration, base.duration, job)
+
+
+def close_bounds(a: Bounded, b: Bounded, tolerance: float = 0.01) -> bool:
+    """True when the bounds of `a` and `b` are the same, to `tolerance`."""
+    return all(
+        (x is None and y is None) or (x is not None and y is not None and abs(x - y) <= tolerance)
+        for x, y in [(a.lo, b.lo), (a.hi, b.hi)]
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(scenarios(liars=True))
+def test_bogus_started_values_keep_elapsed_predicted(scenario: tuple) -> None:
     jobs, polls, skew, interval = scenario
     replay = Replay(gap_s=interval * 2.5)
     for true_poll in polls:
