@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Engine, insert
 
 from recorder import db
-from recorder.models import Job, Observation, Poll, Target, Transition
+from recorder.models import Job, JobStatus, Observation, Poll, Target, Transition, TransitionKind
 
 INTERVAL = 10.0
 BATCH = 50_000
@@ -67,8 +67,12 @@ def fill(
         )
         transitions, observations = [], []
         for job_id, (_, (first, closing)) in zip(ids, job_rows, strict=True):
-            transitions.append({"job_id": job_id, "poll_id": first, "kind": "appeared"})
-            transitions.append({"job_id": job_id, "poll_id": closing, "kind": "vanished"})
+            transitions.append(
+                {"job_id": job_id, "poll_id": first, "kind": TransitionKind.APPEARED}
+            )
+            transitions.append(
+                {"job_id": job_id, "poll_id": closing, "kind": TransitionKind.VANISHED}
+            )
             observations.append({"job_id": job_id, "poll_id": first, "type": None, "elapsed_s": 0})
         for chunk in _chunks(transitions, BATCH):
             conn.execute(insert(Transition), chunk)
@@ -122,7 +126,7 @@ def _jobs(
             "type": kind,
             "account": ACCOUNTS[k % 5],
             "user_id": "1",
-            "status": "finished",
+            "status": JobStatus.FINISHED,
             "first_poll_id": first_poll + first,
             "last_poll_id": first_poll + last,
             "start_at": _dt(start_at),

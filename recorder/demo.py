@@ -13,8 +13,9 @@ from sqlalchemy import Engine, func, select
 
 from recorder import db, reports
 from recorder.client import SchedulerClient
-from recorder.daemon import Daemon, gap_threshold
-from recorder.models import Poll
+from recorder.daemon import Daemon
+from recorder.gaps import gap_threshold
+from recorder.models import JobStatus, Poll
 from recorder.output import human_duration, render
 from recorder.pipeline import Pipeline, Recorded
 from recorder.simulator import Faults, JobKind, SimConfig, Simulator
@@ -75,7 +76,7 @@ def _record(sim: Simulator, engine: Engine, seconds: float, interval: float, out
 
 def _summarize(sim: Simulator, engine: Engine, out: IO[str]) -> None:
     jobs = list(reports.jobs(engine))
-    finished = [j for j in jobs if j["status"] == "finished"]
+    finished = [j for j in jobs if j["status"] == JobStatus.FINISHED]
     with engine.connect() as conn:
         outcomes: dict[str, int] = dict(
             conn.execute(select(Poll.outcome, func.count()).group_by(Poll.outcome)).all()

@@ -1,25 +1,47 @@
-"""The few SQL fragments that differ between SQLite and PostgreSQL, for hand-written queries.
+"""Every difference between SQLite and PostgreSQL that the recorder's own queries meet.
 
-Everything else in the reports is plain SQL that both run unchanged. Times are stored as
-epoch seconds (REAL) on SQLite and as ``timestamptz`` on PostgreSQL; report arithmetic is done
-in epoch seconds on both.
+The store, the reports and the lease ask a `Dialect` instead of testing the backend's name;
+engine set-up (recorder.db, recorder.readonly) and the migrations, which stand alone, are the
+only other places that know it. Everything else in the reports is plain SQL that both run
+unchanged. Times are stored as epoch seconds (REAL) on SQLite and as ``timestamptz`` on
+PostgreSQL; report arithmetic is done in epoch seconds on both.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy import Dialect as SQLAlchemyDialect
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.expression import Executable
+
+from recorder.output import iso
 
 
 @dataclass(frozen=True, slots=True)
 class Dialect:
-    """SQL snippets for one backend."""
+    """What differs on one backend: SQL snippets, statements, and how values look."""
 
     name: str
+
+    @staticmethod
+    def of(bind: Engine | Connection | SQLAlchemyDialect) -> Dialect:
+        """The Dialect of an engine, a connection, or SQLAlchemy's own dialect object."""
+        return Dialect(bind.name if isinstance(bind, SQLAlchemyDialect) else bind.dialect.name)
 
     @property
     def sqlite(self) -> bool:
         """True for SQLite."""
         return self.name == "sqlite"
+
+    @property
+    def postgresql(self) -> bool:
+        """True for PostgreSQL."""
+        return self.name == "postgresql"
 
     def epoch(self, column: str) -> str:
         """A stored time as epoch seconds (double)."""
@@ -48,3 +70,19 @@ class Dialect:
     def number(self, param: str) -> str:
         """A bound parameter used as a double (PostgreSQL needs to know its type)."""
         return f":{param}" if self.sqlite else f"CAST(:{param} AS double precision)"
+
+    def insert_new(self, table: Any, values: Mapping[str, Any]) -> Executable:
+        """INSERT one row, doing nothing when a row with the same key is already there."""
+        if self.postgresql:
+            return postgresql.insert(table).values(**values).on_conflict_do_nothing()
+        return sqlite.insert(table).values(**values).on_conflict_do_nothing()
+
+    def view_time(self, value: datetime) -> datetime | str:
+        """A time to compare with a report view's time column (ISO-8601 text on SQLite)."""
+        return iso(value) if self.sqlite else value
+
+    def from_view_time(self, value: Any) -> datetime:
+        """A report view's time column as an aware UTC datetime."""
+        if self.sqlite:
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return cast(datetime, value)

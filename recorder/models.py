@@ -12,18 +12,26 @@ Tables (see docs/schema.md):
   transitions, every past list can be rebuilt exactly.
 * ``quarantine``: a poll the database would not take although it took others, kept whole;
   the history counts it as a failed poll (outcome ``unstorable``).
+
+Beside the tables are the facts about their rows that every query shares, each written once: a
+job's status values (`JobStatus`), a transition's kinds (`TransitionKind`), what a successful
+poll is (`succeeded`), which poll is a target's latest successful one (`latest_ok_id`,
+`latest_ok_per_target`) and how many polls have failed since (`failing_streak`). The
+hand-written report SQL gets the successful poll and the latest one as text (`ok_sql`,
+`latest_ok_sql`).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    ColumnElement,
     DateTime,
-    Dialect,
     Double,
     ForeignKey,
     Index,
@@ -34,10 +42,18 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
+    select,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import Dialect as SQLAlchemyDialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, aliased, mapped_column
+from sqlalchemy.sql.selectable import ScalarSelect, Subquery
 from sqlalchemy.types import TypeEngine
+
+from recorder.clock import to_datetime
+from recorder.dialect import Dialect
+from recorder.snapshot import Outcome
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -62,28 +78,28 @@ class UTCDateTime(TypeDecorator[datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+    def load_dialect_impl(self, dialect: SQLAlchemyDialect) -> TypeEngine[Any]:
         """REAL on SQLite, timestamptz elsewhere."""
-        if dialect.name == "sqlite":
+        if Dialect.of(dialect).sqlite:
             return dialect.type_descriptor(Double())
         return dialect.type_descriptor(DateTime(timezone=True))
 
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+    def process_bind_param(self, value: datetime | None, dialect: SQLAlchemyDialect) -> Any:
         """Epoch seconds on SQLite, an aware UTC datetime elsewhere."""
         if value is None:
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
-        if dialect.name == "sqlite":
+        if Dialect.of(dialect).sqlite:
             return value.timestamp()
         return value.astimezone(UTC)
 
-    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+    def process_result_value(self, value: Any, dialect: SQLAlchemyDialect) -> datetime | None:
         """An aware UTC datetime."""
         if value is None:
             return None
         if isinstance(value, int | float):
-            return datetime.fromtimestamp(value, tz=UTC)
+            return to_datetime(value)
         if isinstance(value, str):
             value = datetime.fromisoformat(value)
         if value.tzinfo is None:
@@ -95,6 +111,21 @@ class Base(DeclarativeBase):
     """Declarative base whose constraints have the same names on every backend."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class JobStatus(StrEnum):
+    """A job's ``status``: still listed by its target's successful polls, or no longer."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class TransitionKind(StrEnum):
+    """A transition's ``kind``: a job's listing changed at a successful poll."""
+
+    APPEARED = "appeared"  # listed for the first time
+    VANISHED = "vanished"  # no longer listed: it finished
+    REAPPEARED = "reappeared"  # listed again after it vanished: the close was wrong, it runs on
 
 
 class Target(Base):
@@ -158,7 +189,7 @@ class Job(Base):
     reply_ref: Mapped[str | None] = mapped_column(Text)
     started_raw: Mapped[str | None] = mapped_column(String)
     elapsed_origin: Mapped[float | None] = mapped_column(Double)
-    status: Mapped[str] = mapped_column(String(8))
+    status: Mapped[str] = mapped_column(String(8))  # a JobStatus
     first_poll_id: Mapped[int] = mapped_column(ForeignKey("polls.id"))
     last_poll_id: Mapped[int | None] = mapped_column(ForeignKey("polls.id"))
     start_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -206,7 +237,7 @@ class Transition(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
     poll_id: Mapped[int] = mapped_column(ForeignKey("polls.id"))
-    kind: Mapped[str] = mapped_column(String(12))
+    kind: Mapped[str] = mapped_column(String(12))  # a TransitionKind
 
     __table_args__ = (
         Index("ix_transitions_job_poll", "job_id", "poll_id"),
@@ -248,3 +279,58 @@ class Quarantine(Base):
     payload: Mapped[str] = mapped_column(Text)
 
     __table_args__ = (Index("ix_quarantine_target", "target_id"),)
+
+
+# Which polls count, as SQLAlchemy expressions and, for the hand-written report SQL, as text.
+
+
+def succeeded(poll: type[Poll] = Poll) -> ColumnElement[bool]:
+    """SQL: the poll produced a list."""
+    return poll.outcome == Outcome.OK
+
+
+def latest_ok_id(target_id: Any, *, before: Any = None) -> ScalarSelect[int | None]:
+    """SQL: the id of the target's latest successful poll (the latest before poll id `before`).
+
+    `target_id` and `before` are values or SQL expressions (correlated with the outer query).
+    """
+    ok = aliased(Poll)
+    query = select(func.max(ok.id)).where(ok.target_id == target_id, succeeded(ok))
+    if before is not None:
+        query = query.where(ok.id < before)
+    return query.scalar_subquery()
+
+
+def latest_ok_per_target() -> Subquery:
+    """SQL: each target's latest successful poll, as rows (target_id, poll_id)."""
+    return (
+        select(Poll.target_id, func.max(Poll.id).label("poll_id"))
+        .where(succeeded())
+        .group_by(Poll.target_id)
+        .subquery()
+    )
+
+
+def failing_streak(target_id: Any) -> ScalarSelect[int]:
+    """SQL: how many polls of the target came after its latest successful one (all failed)."""
+    poll = aliased(Poll)
+    return (
+        select(func.count())
+        .select_from(poll)
+        .where(poll.target_id == target_id, poll.id > func.coalesce(latest_ok_id(target_id), 0))
+        .scalar_subquery()
+    )
+
+
+def ok_sql(poll: str) -> str:
+    """SQL text, succeeded() for hand-written queries: the poll aliased `poll` produced a list."""
+    return f"{poll}.outcome = '{Outcome.OK}'"
+
+
+def latest_ok_sql(target_id: str, *, before: str | None = None) -> str:
+    """SQL text, latest_ok_id() for hand-written queries; the arguments are SQL expressions."""
+    earlier = "" if before is None else f" AND q.id < {before}"
+    return (
+        f"(SELECT MAX(q.id) FROM polls q WHERE q.target_id = {target_id} AND {ok_sql('q')}"
+        f"{earlier})"
+    )

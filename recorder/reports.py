@@ -1,4 +1,5 @@
-"""Reading the recorded history back: job listings (and, later, statistics)."""
+"""Reading the recorded history back: job listings, gaps, each target's health, and the polls
+in quarantine (`recorder stats` has its own module, recorder.stats)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,19 @@ from typing import Any
 from sqlalchemy import Engine, func, or_, select, text
 from sqlalchemy.orm import aliased
 
-from recorder.models import Job, Lease, Poll, Quarantine, Target
-from recorder.output import human_duration, iso
+from recorder.dialect import Dialect
+from recorder.models import (
+    Job,
+    JobStatus,
+    Lease,
+    Poll,
+    Quarantine,
+    Target,
+    failing_streak,
+    latest_ok_id,
+    latest_ok_per_target,
+)
+from recorder.output import human_duration
 from recorder.snapshot import Outcome
 
 # The JSON contract of `recorder jobs`: scripts rely on these names.
@@ -47,7 +59,7 @@ ORDERS = ("started", "ended", "duration", "id")
 class JobQuery:
     """Which jobs to list, and in what order."""
 
-    status: str | None = None  # "running" or "finished"
+    status: str | None = None  # a JobStatus; None for every job
     types: tuple[str, ...] = ()
     accounts: tuple[str, ...] = ()
     since: datetime | None = None  # jobs overlapping [since, until)
@@ -58,14 +70,8 @@ class JobQuery:
 
 def jobs(engine: Engine, query: JobQuery = JobQuery()) -> Iterator[dict[str, Any]]:
     """Every matching job as a dict with the JOB_FIELDS keys, streamed."""
-    first, last = aliased(Poll), aliased(Poll)
-    latest_ok = (
-        select(Poll.target_id, func.max(Poll.id).label("poll_id"))
-        .where(Poll.outcome == Outcome.OK.value)
-        .group_by(Poll.target_id)
-        .subquery()
-    )
-    latest = aliased(Poll)
+    first, last, latest = aliased(Poll), aliased(Poll), aliased(Poll)
+    latest_ok = latest_ok_per_target()
     stmt = (
         select(
             Job.api_id.label("id"),
@@ -117,7 +123,7 @@ def _filtered(stmt: Any, query: JobQuery) -> Any:
     if query.until is not None:
         stmt = stmt.where(Job.start_at < query.until)
     if query.since is not None:
-        stmt = stmt.where(or_(Job.status == "running", Job.end_at >= query.since))
+        stmt = stmt.where(or_(Job.status == JobStatus.RUNNING, Job.end_at >= query.since))
     return stmt
 
 
@@ -143,11 +149,8 @@ def gaps(
     engine: Engine, since: datetime, until: datetime, target: str | None = None
 ) -> Iterator[dict[str, Any]]:
     """The periods with no successful poll (view poll_gaps) that overlap [since, until)."""
-    sqlite = engine.dialect.name == "sqlite"
-    # The view shows ISO text on SQLite, which compares as time against ISO text.
-    bounds = (
-        {"since": iso(since), "until": iso(until)} if sqlite else {"since": since, "until": until}
-    )
+    dialect = Dialect.of(engine)
+    bounds = {"since": dialect.view_time(since), "until": dialect.view_time(until)}
     sql = (
         "SELECT target, started_at, ended_at, duration_s, failed_polls, ongoing FROM poll_gaps "
         "WHERE started_at < :until AND ended_at > :since"
@@ -157,23 +160,18 @@ def gaps(
     with engine.connect() as conn:
         for row in conn.execute(text(sql), {**bounds, "target": target}):
             gap = dict(row._mapping)
-            if sqlite:  # the view's text and 0/1, as PostgreSQL would give them
-                gap["started_at"] = _parse_iso(gap["started_at"])
-                gap["ended_at"] = _parse_iso(gap["ended_at"])
-                gap["ongoing"] = bool(gap["ongoing"])
+            gap["started_at"] = dialect.from_view_time(gap["started_at"])
+            gap["ended_at"] = dialect.from_view_time(gap["ended_at"])
+            gap["ongoing"] = bool(gap["ongoing"])  # 0/1 on SQLite
             gap["duration_s"] = round(gap["duration_s"], 3)
             yield gap
-
-
-def _parse_iso(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def table_row(job: dict[str, Any]) -> dict[str, Any]:
     """A job as the human-readable table shows it."""
     low, high = job["duration_min_s"], job["duration_max_s"]
     bounds = ""
-    if job["status"] == "finished":
+    if job["status"] == JobStatus.FINISHED:
         bounds = f"{human_duration(low)}..{human_duration(high) if high is not None else '?'}"
     return {
         "id": job["id"],
@@ -217,21 +215,12 @@ def status(engine: Engine, now: datetime, max_age_s: float) -> list[dict[str, An
                 .order_by(Poll.id.desc())
                 .limit(1)
             ).first()
-            last_ok = conn.execute(
-                select(Poll.id, Poll.sent_at)
-                .where(Poll.target_id == target.id, Poll.outcome == Outcome.OK.value)
-                .order_by(Poll.id.desc())
-                .limit(1)
-            ).first()
-            failing = conn.scalar(
-                select(func.count())
-                .select_from(Poll)
-                .where(Poll.target_id == target.id, Poll.id > (last_ok.id if last_ok else 0))
-            )
+            last_ok_at = conn.scalar(select(Poll.sent_at).where(Poll.id == latest_ok_id(target.id)))
+            failing = conn.scalar(select(failing_streak(target.id)))
             running = conn.scalar(
                 select(func.count())
                 .select_from(Job)
-                .where(Job.target_id == target.id, Job.status == "running")
+                .where(Job.target_id == target.id, Job.status == JobStatus.RUNNING)
             )
             holder = conn.scalar(select(Lease.holder).where(Lease.target_id == target.id))
             quarantined = conn.scalar(
@@ -244,12 +233,15 @@ def status(engine: Engine, now: datetime, max_age_s: float) -> list[dict[str, An
                 {
                     "target": target.url,
                     "healthy": bool(
-                        fresh and last is not None and last.outcome == "ok" and not quarantined
+                        fresh
+                        and last is not None
+                        and last.outcome == Outcome.OK
+                        and not quarantined
                     ),
                     "last_poll_at": last.sent_at if last else None,
                     "last_outcome": last.outcome if last else None,
                     "last_error": last.error if last else None,
-                    "last_ok_at": last_ok.sent_at if last_ok else None,
+                    "last_ok_at": last_ok_at,
                     "failing_polls": failing or 0,
                     "quarantined": quarantined or 0,
                     "running_jobs": running or 0,

@@ -15,8 +15,17 @@ from datetime import datetime
 
 from sqlalchemy import ColumnElement, Engine, delete, exists, func, or_, select
 
-from recorder.models import Job, Observation, Poll, Quarantine, Transition
-from recorder.snapshot import Outcome
+from recorder.models import (
+    Job,
+    Observation,
+    Poll,
+    Quarantine,
+    Transition,
+    latest_ok_id,
+    latest_ok_per_target,
+    succeeded,
+)
+from recorder.store import chunks
 
 # Deleting in batches keeps each transaction short, so a running daemon is never held up long.
 BATCH = 20_000
@@ -39,21 +48,10 @@ def _keepers(engine: Engine, cutoff: datetime) -> set[int]:
         ).all()
         for gap in gap_polls:
             keep.add(gap.id)
-            before = conn.scalar(
-                select(func.max(Poll.id)).where(
-                    Poll.target_id == gap.target_id,
-                    Poll.outcome == Outcome.OK.value,
-                    Poll.id < gap.id,
-                )
-            )
+            before = conn.scalar(select(latest_ok_id(gap.target_id, before=gap.id)))
             if before is not None:
                 keep.add(before)
-        latest = (
-            select(func.max(Poll.id))
-            .where(Poll.outcome == Outcome.OK.value)
-            .group_by(Poll.target_id)
-        )
-        keep.update(conn.scalars(latest))
+        keep.update(conn.scalars(select(latest_ok_per_target().c.poll_id)))
     return keep
 
 
@@ -68,7 +66,7 @@ def prune(engine: Engine, cutoff: datetime) -> Pruned:
                 .where(
                     Poll.sent_at < cutoff,
                     Poll.id > after,
-                    Poll.outcome == Outcome.OK.value,
+                    succeeded(),
                     ~_referenced(),
                 )
                 .order_by(Poll.id)
@@ -100,7 +98,6 @@ def clear_quarantine(engine: Engine, ids: list[int]) -> int:
     """Delete these quarantined polls (their failed poll rows stay); returns how many went."""
     deleted = 0
     with engine.begin() as conn:
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
+        for chunk in chunks(ids):
             deleted += conn.execute(delete(Quarantine).where(Quarantine.id.in_(chunk))).rowcount
     return deleted

@@ -505,13 +505,8 @@ class Simulator:
                 self._faults[chosen] += 1
         return slow, chosen
 
-    def handle(self, path: str, authorization: str | None) -> tuple[int, bytes, dict[str, str]]:
-        """Answer one GET: status, body and headers (blocks for a `slow` fault)."""
-        reply = self._handle(path, authorization)
-        headers = {"Content-Type": reply.content_type, **dict(reply.headers)}
-        return reply.status, reply.body, headers
-
     def _handle(self, path: str, authorization: str | None) -> _Reply:
+        """Answer one GET (blocks for a `slow` fault)."""
         try:
             route = self._route(path)
             if route is None:

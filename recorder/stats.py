@@ -24,13 +24,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, select, text
+from sqlalchemy import Connection, Engine, bindparam, select, text
 
+from recorder.clock import to_datetime
 from recorder.dialect import Dialect
-from recorder.models import Job, Target, UTCDateTime
+from recorder.models import JobStatus, Target, UTCDateTime, latest_ok_sql, ok_sql
 
 GROUP_KEYS = ("type", "account", "hour", "day")
 TIME_KEYS = {"hour": 3600, "day": 86400}
@@ -116,10 +117,9 @@ def compute(engine: Engine, query: StatsQuery) -> Report:
             raise ValueError(f"cannot group by {key!r}; choose from {', '.join(GROUP_KEYS)}")
     if len(set(query.by)) != len(query.by):
         raise ValueError("each --by key may be given once")
-    sql = _Sql(Dialect(engine.dialect.name), query)
+    sql = _Sql(Dialect.of(engine), query)
     with engine.connect() as conn:
         sql.target_id = _target_id(conn, query.target)
-        sql.narrow = _narrow(conn, query)
         groups = _Groups(query)
         for row in conn.execute(sql.durations(), sql.params()):
             groups.fill_durations(row._mapping)
@@ -136,15 +136,6 @@ def compute(engine: Engine, query: StatsQuery) -> Report:
             for row in conn.execute(sql.histogram(), sql.params()):
                 groups.add_bin(row._mapping)
     return Report(query.since, query.until, query.by, groups.ordered())
-
-
-def _narrow(conn: Connection, query: StatsQuery) -> bool:
-    """True when the window covers less than a quarter of the recorded history."""
-    first = conn.scalar(select(func.min(Job.start_at)))
-    if first is None:
-        return True
-    history = (query.until - min(first, query.since)).total_seconds()
-    return bool((query.until - query.since).total_seconds() < history / 4)
 
 
 def _target_id(conn: Connection, url: str | None) -> int | None:
@@ -173,15 +164,15 @@ class _Groups:
     def _bucket_window(self, b0: float) -> tuple[datetime, datetime]:
         assert self.time_key is not None
         size = TIME_KEYS[self.time_key]
-        since = max(self.query.since, _dt(b0))
-        return since, min(self.query.until, _dt(b0 + size))
+        since = max(self.query.since, to_datetime(b0))
+        return since, min(self.query.until, to_datetime(b0 + size))
 
     def at(self, row: Mapping[Any, Any]) -> Group:
         """The group for a result row's key columns, created if new."""
         key: dict[str, Any] = {}
         for name in self.query.by:
             if name in TIME_KEYS:
-                key[name] = _dt(float(row["b0"]))
+                key[name] = to_datetime(float(row["b0"]))
             else:
                 key[name] = row[f"k_{name}"]
         ident = tuple(key[name] for name in self.query.by)
@@ -266,10 +257,6 @@ def _sortable(value: Any) -> tuple[bool, Any]:
     return (value is not None, value if value is not None else "")
 
 
-def _dt(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=UTC)
-
-
 def _buckets(query: StatsQuery, time_key: str) -> list[float]:
     size = TIME_KEYS[time_key]
     first = math.floor(query.since.timestamp() / size) * size
@@ -287,7 +274,6 @@ class _Sql:
         self.time_key = next((k for k in query.by if k in TIME_KEYS), None)
         self.size = float(TIME_KEYS[self.time_key]) if self.time_key else None
         self.plain_keys = [k for k in query.by if k not in TIME_KEYS]
-        self.narrow = False
 
     def params(self) -> dict[str, Any]:
         """The bound values every query uses."""
@@ -312,17 +298,24 @@ class _Sql:
         ]
         return text(sql).bindparams(*typed)
 
-    def _hint(self, column: str) -> str:
-        """`column`, kept out of index selection when the window is a small part of the history.
-
-        Without statistics SQLite may scan every finished job by the (status, ...) index, or by
-        start_at, for a 24-hour window; the end_at range is the narrow one then. Over most of the
-        history, a scan is the better plan, and the hint is left out.
-        """
-        return self.d.no_index(column) if self.narrow else column
-
     def _target(self, column: str) -> str:
         return "" if self.target_id is None else f" AND {column} = :target_id"
+
+    def _status(self, status: JobStatus, *, indexed: bool = True) -> str:
+        """SQL: job `j` has `status`; with `indexed=False`, no index is picked by status.
+
+        Finished jobs are found by their end_at range: SQLite, which plans without statistics,
+        would otherwise scan every finished job by the (status, ...) index.
+        """
+        column = "j.status" if indexed else self.d.no_index("j.status")
+        return f"{column} = '{status}'"
+
+    def _finished_in_window(self) -> str:
+        """SQL: job `j` is one of the window's ``finished`` jobs (it ended in the window)."""
+        return (
+            f"{self._status(JobStatus.FINISHED, indexed=False)}"
+            f" AND j.end_at >= :since_ts AND j.end_at < :until_ts{self._target('j.target_id')}"
+        )
 
     def _keys(self, time_column: str | None) -> tuple[str, str]:
         """SELECT expressions and their names for the grouping keys of jobs `j`."""
@@ -348,9 +341,7 @@ class _Sql:
                 SELECT {select_keys}j.duration_s AS duration_s,
                        CASE WHEN j.closed_across_gap THEN 1 ELSE 0 END AS wide
                 FROM jobs j
-                WHERE {self.d.no_index("j.status")} = 'finished'
-                      AND j.end_at >= :since_ts AND j.end_at < :until_ts
-                      {self._target("j.target_id")}
+                WHERE {self._finished_in_window()}
             ),
             ranked AS (
                 SELECT base.*,
@@ -380,7 +371,7 @@ class _Sql:
         return self._text(f"""
             SELECT {exprs + ", " if exprs else ""}COUNT(*) AS n
             FROM jobs j
-            WHERE j.status = 'running' {self._target("j.target_id")}
+            WHERE {self._status(JobStatus.RUNNING)}{self._target("j.target_id")}
             {group}
         """)
 
@@ -411,22 +402,20 @@ class _Sql:
             WITH RECURSIVE {self._spans()},
             latest AS (
                 SELECT t.id AS target_id, p.received_at AS t
-                FROM targets t JOIN polls p ON p.id = (
-                    SELECT MAX(q.id) FROM polls q
-                    WHERE q.target_id = t.id AND q.outcome = 'ok')
+                FROM targets t JOIN polls p ON p.id = {latest_ok_sql("t.id")}
             ),
             iv AS (
                 -- Two arms, so that each can use its index: finished jobs by end_at, and the
                 -- few running ones.
                 SELECT {pre(k_exprs)}{d.epoch("j.start_at")} AS s, {d.epoch("j.end_at")} AS e
                 FROM jobs j
-                WHERE {self.d.no_index("j.status")} = 'finished' AND j.end_at > :since_ts
+                WHERE {self._status(JobStatus.FINISHED, indexed=False)} AND j.end_at > :since_ts
                       AND {self.d.no_index("j.start_at")} < :until_ts
                       {self._target("j.target_id")}
                 UNION ALL
                 SELECT {pre(k_exprs)}{d.epoch("j.start_at")} AS s, {end} AS e
                 FROM jobs j JOIN latest ON latest.target_id = j.target_id
-                WHERE j.status = 'running' AND j.start_at < :until_ts
+                WHERE {self._status(JobStatus.RUNNING)} AND j.start_at < :until_ts
                       {self._target("j.target_id")}
             ),
             clipped AS (
@@ -460,9 +449,8 @@ class _Sql:
                 SELECT c.target_id,
                        (SELECT f.sent_at FROM polls f WHERE f.id = (
                             SELECT MIN(id) FROM polls p
-                            WHERE p.target_id = c.target_id AND p.outcome = 'ok')) AS first_ok,
-                       (SELECT MAX(id) FROM polls p
-                        WHERE p.target_id = c.target_id AND p.outcome = 'ok') AS last_ok_id,
+                            WHERE p.target_id = c.target_id AND {ok_sql("p")})) AS first_ok,
+                       {latest_ok_sql("c.target_id")} AS last_ok_id,
                        (SELECT MAX(id) FROM polls p WHERE p.target_id = c.target_id) AS last_id
                 FROM chosen c
             ),
@@ -470,10 +458,8 @@ class _Sql:
                 SELECT p.target_id AS target_id, {d.epoch("prev.sent_at")} AS s,
                        {d.epoch("p.sent_at")} AS e, 1 AS is_gap
                 FROM polls p
-                JOIN polls prev ON prev.id = (
-                    SELECT MAX(q.id) FROM polls q
-                    WHERE q.target_id = p.target_id AND q.outcome = 'ok' AND q.id < p.id)
-                WHERE p.outcome = 'ok' AND p.after_gap AND p.sent_at > :since_ts
+                JOIN polls prev ON prev.id = {latest_ok_sql("p.target_id", before="p.id")}
+                WHERE {ok_sql("p")} AND p.after_gap AND p.sent_at > :since_ts
                       AND p.target_id IN (SELECT target_id FROM chosen)
                 UNION ALL
                 SELECT target_id, -{_FAR},
@@ -509,8 +495,6 @@ class _Sql:
             SELECT {exprs + ", " if exprs else ""}
                    CASE {cases} ELSE {last} END AS bin, COUNT(*) AS n
             FROM jobs j
-            WHERE {self.d.no_index("j.status")} = 'finished'
-                      AND j.end_at >= :since_ts AND j.end_at < :until_ts
-                  {self._target("j.target_id")}
+            WHERE {self._finished_in_window()}
             GROUP BY {names + ", " if names else ""}CASE {cases} ELSE {last} END
         """)

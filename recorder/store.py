@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
@@ -27,14 +27,24 @@ from recorder.inference import (
     TargetState,
 )
 from recorder.lease import RecordingLease
-from recorder.models import Job, Observation, Poll, Quarantine, Target, Transition
+from recorder.models import (
+    Job,
+    JobStatus,
+    Observation,
+    Poll,
+    Quarantine,
+    Target,
+    Transition,
+    TransitionKind,
+    failing_streak,
+    latest_ok_id,
+    succeeded,
+)
 from recorder.snapshot import Item, Outcome, PollResult, Snapshot
 
-RUNNING = "running"
-FINISHED = "finished"
-APPEARED, VANISHED, REAPPEARED = "appeared", "vanished", "reappeared"
 # Keeps IN (...) lists well under every backend's limit on bound parameters.
-_CHUNK = 500
+CHUNK = 500
+T = TypeVar("T")
 
 
 def to_timestamp(value: datetime) -> float:
@@ -100,18 +110,6 @@ class SetAside:
     payload: str
 
 
-@dataclass(frozen=True, slots=True)
-class ListedItem:
-    """An item of a past list, rebuilt from the tables."""
-
-    api_id: str
-    type: str | None
-    started_raw: str | None
-    elapsed_s: int | None
-    reply_url: str | None
-    reply_ref: str | None
-
-
 class Store:
     """The recorder's database, seen as polls, jobs and their changes."""
 
@@ -137,22 +135,22 @@ class Store:
             open_jobs = {
                 row.api_id: _job_state(row)
                 for row in conn.execute(
-                    _job_state_query().where(Job.target_id == target_id, Job.status == RUNNING)
+                    _job_state_query().where(
+                        Job.target_id == target_id, Job.status == JobStatus.RUNNING
+                    )
                 )
             }
             last_ok = conn.execute(
-                select(Poll.id, Poll.sent_at, Poll.received_at, Poll.server_time)
-                .where(Poll.target_id == target_id, Poll.outcome == Outcome.OK.value)
-                .order_by(Poll.id.desc())
-                .limit(1)
+                select(
+                    Poll.id,
+                    Poll.sent_at,
+                    Poll.received_at,
+                    Poll.server_time,
+                    failing_streak(target_id).label("failures"),
+                ).where(Poll.id == latest_ok_id(target_id))
             ).first()
-            if last_ok is None:
-                return Loaded(TargetState(open_jobs=open_jobs), None)
-            failures = conn.scalar(
-                select(func.count())
-                .select_from(Poll)
-                .where(Poll.target_id == target_id, Poll.id > last_ok.id)
-            )
+        if last_ok is None:
+            return Loaded(TargetState(open_jobs=open_jobs), None)
         timing = PollTime(to_timestamp(last_ok.sent_at), to_timestamp(last_ok.received_at))
         offset = None
         if last_ok.server_time is not None:
@@ -160,7 +158,7 @@ class Store:
             # own spread is a safe bound for `started` truncated to seconds.
             spread = (timing.received_at - timing.sent_at) / 2
             offset = Offset(last_ok.server_time - timing.mid, 1.0 + spread)
-        state = TargetState(open_jobs, timing, int(failures or 0), offset)
+        state = TargetState(open_jobs, timing, int(last_ok.failures or 0), offset)
         return Loaded(state, last_ok.id)
 
     def recent_ok_polls(self, target_id: int, count: int) -> list[float]:
@@ -168,7 +166,7 @@ class Store:
         with self.engine.connect() as conn:
             sent = conn.scalars(
                 select(Poll.sent_at)
-                .where(Poll.target_id == target_id, Poll.outcome == Outcome.OK.value)
+                .where(Poll.target_id == target_id, succeeded())
                 .order_by(Poll.id.desc())
                 .limit(count)
             ).all()
@@ -178,9 +176,11 @@ class Store:
         """The stored state of the finished jobs among `api_ids`."""
         found: dict[str, JobState] = {}
         with self.engine.connect() as conn:
-            for chunk in _chunks(list(api_ids)):
+            for chunk in chunks(list(api_ids)):
                 query = _job_state_query().where(
-                    Job.target_id == target_id, Job.status == FINISHED, Job.api_id.in_(chunk)
+                    Job.target_id == target_id,
+                    Job.status == JobStatus.FINISHED,
+                    Job.api_id.in_(chunk),
                 )
                 found.update((row.api_id, _job_state(row)) for row in conn.execute(query))
         return found
@@ -222,21 +222,11 @@ class Store:
                 conn.execute(update(Poll).where(Poll.id == poll_id).values(dropped_values=dropped))
         return poll_id
 
-    def listing_at(self, poll_id: int) -> list[ListedItem]:
-        """Rebuild the list that a past successful poll saw, from the stored changes."""
-        with self.engine.connect() as conn:
-            poll = conn.execute(
-                select(Poll.target_id, Poll.outcome, Poll.server_time).where(Poll.id == poll_id)
-            ).one()
-            if poll.outcome != Outcome.OK.value:
-                raise ValueError(f"poll {poll_id} failed; it saw no list")
-            listed = conn.execute(_listed_jobs_query(poll.target_id, poll_id)).all()
-            return [_rebuild(conn, row.id, row.api_id, poll_id, poll.server_time) for row in listed]
 
-
-def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
-    for start in range(0, len(values), _CHUNK):
-        yield values[start : start + _CHUNK]
+def chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:
+    """`values` in slices of at most CHUNK, for IN (...) lists."""
+    for start in range(0, len(values), CHUNK):
+        yield values[start : start + CHUNK]
 
 
 def _job_state_query() -> Any:
@@ -298,16 +288,18 @@ def _write_changes(
     touched += [e.api_id for e in change.closed]
     job_ids |= _job_ids(conn, target_id, (i for i in touched if i not in job_ids))
 
-    transitions = [{"job_id": job_ids[e.job.api_id], "kind": APPEARED} for e in change.opened]
+    transitions = [
+        {"job_id": job_ids[e.job.api_id], "kind": TransitionKind.APPEARED} for e in change.opened
+    ]
     for reopened in change.reopened:
         job_id = job_ids[reopened.job.api_id]
         conn.execute(update(Job).where(Job.id == job_id).values(**_REOPEN))
-        transitions.append({"job_id": job_id, "kind": REAPPEARED})
+        transitions.append({"job_id": job_id, "kind": TransitionKind.REAPPEARED})
     for closed in change.closed:
         job_id = job_ids[closed.api_id]
         values = _close(closed, last_ok_poll_id, columns)
         conn.execute(update(Job).where(Job.id == job_id).values(**values))
-        transitions.append({"job_id": job_id, "kind": VANISHED})
+        transitions.append({"job_id": job_id, "kind": TransitionKind.VANISHED})
     if transitions:
         conn.execute(insert(Transition), [t | {"poll_id": poll_id} for t in transitions])
 
@@ -326,7 +318,7 @@ def _write_changes(
 
 
 _REOPEN: dict[str, Any] = {
-    "status": RUNNING,
+    "status": JobStatus.RUNNING,
     "last_poll_id": None,
     "end_at": None,
     "end_min": None,
@@ -340,7 +332,7 @@ _REOPEN: dict[str, Any] = {
 
 def _close(event: Closed, last_ok_poll_id: int | None, columns: _Columns) -> dict[str, Any]:
     return {
-        "status": FINISHED,
+        "status": JobStatus.FINISHED,
         "last_poll_id": last_ok_poll_id,
         "end_at": columns.time(event.end.at),
         "end_min": columns.bound(event.end.lo),
@@ -382,7 +374,7 @@ def _opened_row(
         "api_id": job.api_id,
         "account": item.account,
         "user_id": item.user_id,
-        "status": RUNNING,
+        "status": JobStatus.RUNNING,
         "first_poll_id": poll_id,
         "start_at": columns.time(job.start.at),
         "start_min": columns.bound(job.start.lo),
@@ -394,53 +386,7 @@ def _opened_row(
 
 def _job_ids(conn: Connection, target_id: int, api_ids: Iterable[str]) -> dict[str, int]:
     found: dict[str, int] = {}
-    for chunk in _chunks(sorted(set(api_ids))):
+    for chunk in chunks(sorted(set(api_ids))):
         query = select(Job.api_id, Job.id).where(Job.target_id == target_id, Job.api_id.in_(chunk))
         found.update((row.api_id, row.id) for row in conn.execute(query))
     return found
-
-
-def _listed_jobs_query(target_id: int, poll_id: int) -> Any:
-    latest = (
-        select(Transition.job_id, func.max(Transition.poll_id).label("poll_id"))
-        .join(Job, Job.id == Transition.job_id)
-        .where(Job.target_id == target_id, Transition.poll_id <= poll_id)
-        .group_by(Transition.job_id)
-        .subquery()
-    )
-    return (
-        select(Job.id, Job.api_id)
-        .join(latest, latest.c.job_id == Job.id)
-        .join(
-            Transition,
-            (Transition.job_id == latest.c.job_id) & (Transition.poll_id == latest.c.poll_id),
-        )
-        .where(Transition.kind != VANISHED)
-        .order_by(Job.id)
-    )
-
-
-def _rebuild(
-    conn: Connection, job_id: int, api_id: str, poll_id: int, server_time: float | None
-) -> ListedItem:
-    obs = conn.execute(
-        select(
-            Observation.poll_id,
-            Observation.type,
-            Observation.started_raw,
-            Observation.reply_url,
-            Observation.reply_ref,
-            Observation.elapsed_s,
-            Observation.elapsed_origin,
-        )
-        .where(Observation.job_id == job_id, Observation.poll_id <= poll_id)
-        .order_by(Observation.poll_id.desc(), Observation.id.desc())
-        .limit(1)
-    ).one()
-    if obs.poll_id == poll_id:
-        elapsed = obs.elapsed_s
-    elif obs.elapsed_origin is None or server_time is None:
-        elapsed = None
-    else:
-        elapsed = math.floor(server_time - obs.elapsed_origin)
-    return ListedItem(api_id, obs.type, obs.started_raw, elapsed, obs.reply_url, obs.reply_ref)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 
 import pytest
 from click.testing import CliRunner
 
 from recorder.cli import cli
+from recorder.clock import to_datetime
 from recorder.output import iso
 from tests.histories import T0
 
@@ -27,7 +28,7 @@ def parse(text: str) -> float:
 
 
 def at(offset: float) -> str:
-    return iso(datetime.fromtimestamp(T0 + offset, tz=UTC))
+    return iso(to_datetime(T0 + offset))
 
 
 def test_json_without_limit_lists_every_job(history: tuple) -> None:

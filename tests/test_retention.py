@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from recorder import db
 from recorder.cli import cli
+from recorder.clock import to_datetime
 from recorder.models import Job, Observation, Poll, Transition
 from recorder.output import iso
 from tests.histories import T0, record_history
@@ -32,7 +33,7 @@ def poll_count(url: str) -> int:
 
 
 def at(offset: float) -> str:
-    return iso(datetime.fromtimestamp(T0 + offset, tz=UTC))
+    return iso(to_datetime(T0 + offset))
 
 
 def reports(url: str) -> dict[str, object]:

@@ -12,7 +12,9 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine
 
+from recorder import db
 from recorder.cli import cli
+from recorder.clock import to_datetime
 from recorder.output import human_duration, iso
 from tests import stats_model
 from tests.histories import T0, URL_A
@@ -27,7 +29,15 @@ GROUPINGS = [(), ("type",), ("account",), ("hour",), ("day",), ("type", "hour"),
 
 
 def run_stats(url: str, since: float, until: float, by: tuple[str, ...], fmt: str) -> str:
-    args = ["--db", url, "stats", "--since", iso(_dt(since)), "--until", iso(_dt(until))]
+    args = [
+        "--db",
+        url,
+        "stats",
+        "--since",
+        iso(to_datetime(since)),
+        "--until",
+        iso(to_datetime(until)),
+    ]
     for key in by:
         args += ["--by", key]
     result = CliRunner().invoke(
@@ -35,10 +45,6 @@ def run_stats(url: str, since: float, until: float, by: tuple[str, ...], fmt: st
     )
     assert result.exit_code == 0, result.output
     return result.output
-
-
-def _dt(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=UTC)
 
 
 def key_of(group: dict, by: tuple[str, ...]) -> tuple:
@@ -63,14 +69,14 @@ def test_json_matches_brute_force(history: tuple, window: str, by: tuple[str, ..
     now = datetime.now(UTC).timestamp()
     truth = stats_model.compute(jobs, polls, since, until, now, by)
 
-    assert report["window"] == {"since": iso(_dt(since)), "until": iso(_dt(until))}
+    assert report["window"] == {"since": iso(to_datetime(since)), "until": iso(to_datetime(until))}
     assert report["by"] == list(by)
     assert {key_of(g, by) for g in report["groups"]} == set(truth)
     for group in report["groups"]:
         expected = truth[key_of(group, by)]
         assert group["window"] == {
-            "since": iso(_dt(expected.since)),
-            "until": iso(_dt(expected.until)),
+            "since": iso(to_datetime(expected.since)),
+            "until": iso(to_datetime(expected.until)),
         }
         assert group["finished"] == len(expected.durations)
         assert group["started"] == expected.started
@@ -126,8 +132,8 @@ def test_csv_matches_brute_force(history: tuple, by: tuple[str, ...]) -> None:
             for k in by
         )
         expected = truth[key]
-        assert row["since"] == iso(_dt(expected.since))
-        assert row["until"] == iso(_dt(expected.until))
+        assert row["since"] == iso(to_datetime(expected.since))
+        assert row["until"] == iso(to_datetime(expected.until))
         for column, value in figures(expected).items():
             got = float(row[column]) if row[column] != "" else None
             assert got == approx(value), column
@@ -163,7 +169,7 @@ def test_table_matches_brute_force(history: tuple, by: tuple[str, ...]) -> None:
     output = run_stats(url, since, until, by, "table")
     truth = stats_model.compute(jobs, polls, since, until, datetime.now(UTC).timestamp(), by)
     lines = output.splitlines()
-    assert lines[0] == f"window: {iso(_dt(since))} .. {iso(_dt(until))} (6h30m)"
+    assert lines[0] == f"window: {iso(to_datetime(since))} .. {iso(to_datetime(until))} (6h30m)"
     header = lines[1].split()
     body = [line.split() for line in lines[3 : 3 + len(truth)]]
     assert len(body) == len(truth)
@@ -223,6 +229,7 @@ def test_bad_input_gets_one_clear_line(history: tuple, args: list[str], message:
 
 def test_stats_on_an_empty_database(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'empty.db'}"
+    db.open_database(url).dispose()
     result = CliRunner().invoke(
         cli, ["--db", url, "stats", "--format", "json"], catch_exceptions=False
     )
@@ -237,7 +244,7 @@ def test_back_to_back_jobs_do_not_overlap(engine: Engine, db_url: str) -> None:
 
     from recorder.models import Job, Poll, Target
 
-    at = lambda s: _dt(T0 + s)  # noqa: E731
+    at = lambda s: to_datetime(T0 + s)  # noqa: E731
     with engine.begin() as conn:
         conn.execute(insert(Target).values(id=1, url=URL_A, created_at=at(0)))
         poll = {"target_id": 1, "latency_s": 0.0, "outcome": "ok", "after_gap": False}
