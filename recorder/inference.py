@@ -36,6 +36,8 @@ _STARTED_RESOLUTION_S = 0.001
 _PAD_S = _STARTED_RESOLUTION_S
 # How far the server clock may drift from the previous poll's skew and still agree with it.
 _PRIOR_SLACK_S = 2.0
+# More camps of equal size than this: the list has no consensus about the server's clock.
+_MAX_CAMPS = 8
 
 # A start on our clock: (estimate, low bound, high bound).
 _Span = tuple[float, float, float]
@@ -265,9 +267,16 @@ def estimate_clock(
     """
     items = list(items)
     witnesses = _witnesses(items, poll, state, closed_jobs or {})
-    camps = _largest_groups([(w.lo, w.hi) for w in witnesses])
-    camps = _prefer_prior(camps, witnesses, state, poll)
+    found = _largest_groups([(w.lo, w.hi) for w in witnesses])
     fallback = _fallback_time(items, poll, state)
+    if found is None:
+        # Items that all disagree (a server that computes `elapsed` at other instants than
+        # `started`, or lies): no skew, and no `started` is read; starts rest on `elapsed`
+        # and the polls.
+        return ServerClock(
+            fallback, None, frozenset(i.api_id for i in items if i.started is not None)
+        )
+    camps = _prefer_prior(found, witnesses, state, poll)
     if not camps:
         return ServerClock(fallback)
     groups = [[witnesses[k] for k in camp] for camp in camps]
@@ -354,8 +363,12 @@ def _known_start(
     return Bounded(poll.received_at, state.last_ok.sent_at, poll.received_at)
 
 
-def _largest_groups(spans: list[tuple[float, float]]) -> list[list[int]]:
-    """The largest sets of closed spans that share a point (max overlap), each set once."""
+def _largest_groups(spans: list[tuple[float, float]]) -> list[list[int]] | None:
+    """The largest sets of closed spans that share a point (max overlap), each set once.
+
+    None when more than _MAX_CAMPS sets tie: no clock is the consensus of such a list, and
+    listing every set would cost a hostile list of n items n² work.
+    """
     if not spans:
         return []
     lows = sorted(lo for lo, _ in spans)
@@ -363,12 +376,12 @@ def _largest_groups(spans: list[tuple[float, float]]) -> list[list[int]]:
     # Where closed spans overlap most, some span begins; count the spans covering each start.
     counts = {lo: bisect_right(lows, lo) - bisect_left(highs, lo) for lo in lows}
     most = max(counts.values())
-    groups: list[list[int]] = []
-    for point in sorted(p for p, n in counts.items() if n == most):
-        group = [k for k, (lo, hi) in enumerate(spans) if lo <= point <= hi]
-        if group not in groups:
-            groups.append(group)
-    return groups
+    points = sorted(p for p, n in counts.items() if n == most)
+    if len(points) > _MAX_CAMPS:
+        return None
+    # Distinct starts with the same count cover distinct sets: between two of them a span
+    # began, so (the counts being equal) another one ended.
+    return [[k for k, (lo, hi) in enumerate(spans) if lo <= point <= hi] for point in points]
 
 
 def _prefer_prior(
@@ -413,7 +426,7 @@ def _fallback_time(items: list[Item], poll: PollTime, state: TargetState) -> flo
         if i.elapsed_s is not None and job is not None and job.item.elapsed_origin is not None:
             lows.append(job.item.elapsed_origin + i.elapsed_s)
     groups = _largest_groups([(low, low + 1.0) for low in lows])
-    if groups:
+    if groups:  # (None: no agreement to speak of)
         # Stored origins were all set against our own estimates, so they rarely disagree;
         # when they do, the largest agreeing group keeps the most predictions intact.
         lo, hi = max(lows[k] for k in groups[0]), min(lows[k] for k in groups[0]) + 1.0
@@ -456,6 +469,16 @@ def _untrusted_start(
     rule readings out; the start covers every reading left.
     """
     poll_hi = poll.received_at
+    if item.started is not None and not skews:
+        # No skew to read its `started` with: only the polls bound the start, whichever field
+        # lied; `elapsed`, when shown, is the best guess within them.
+        bounds = _poll_start(poll_lo, poll_hi)
+        if item.elapsed_s is None:
+            return bounds, StartSource.POLL
+        guess = min(_elapsed_span(item.elapsed_s, poll)[0], poll_hi)
+        if poll_lo is not None:
+            guess = max(guess, poll_lo)
+        return Bounded(guess, bounds.lo, bounds.hi), StartSource.ELAPSED
     readings: list[tuple[_Span, StartSource]] = []
     if item.elapsed_s is not None:
         readings.append((_elapsed_span(item.elapsed_s, poll), StartSource.ELAPSED))

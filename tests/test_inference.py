@@ -644,3 +644,28 @@ def test_bogus_started_values_keep_elapsed_predicted(scenario: tuple) -> None:
         for listed in answer.items:
             current = result.state.open_jobs[listed.api_id].item
             assert current.predict_elapsed(result.server_time) == listed.elapsed_s
+
+
+@pytest.mark.parametrize("liar", ["started", "elapsed"])
+def test_a_list_whose_items_all_disagree_has_no_skew_and_honest_starts(liar: str) -> None:
+    # Twenty jobs whose `started` + `elapsed` put the list at twenty different server times:
+    # twenty camps of one. No skew is the consensus, and whichever field lied, every start is
+    # bounded by the polls alone (the list of 10,000 such items once took hours: camps are
+    # not enumerated past a handful).
+    true_starts = {f"j{k}": 5.0 + k * 0.25 for k in range(20)}  # all after the previous poll
+    items = []
+    for k, (api_id, start) in enumerate(true_starts.items()):
+        age = 30.0 - start
+        if liar == "started":
+            items.append(item(api_id, started=start - 3 * k, elapsed=math.floor(age)))
+        else:
+            items.append(item(api_id, started=start, elapsed=math.floor(age) + 3 * k))
+    state = TargetState(last_ok=poll(0.0, 0.1))
+    clock = estimate_clock(items, poll(30.0, 0.1), state)
+    assert clock.offset is None and clock.skews == ()
+    assert clock.outliers == set(true_starts)
+    result = step(state, poll(30.0, 0.1), snap(*items), {}, GAP)
+    for opened in result.opened:
+        start = opened.job.start
+        assert start.lo == T0 and start.hi == T0 + 30.1
+        assert start.lo <= T0 + true_starts[opened.job.api_id] <= start.hi
