@@ -10,19 +10,39 @@ Decisions worth knowing:
   never sent anywhere but the configured URL.
 * A body cut short (connection closed before Content-Length or the last chunk) is NETWORK:
   the transport failed, the payload itself was not shown to be malformed.
-* Besides the per-read timeout, the whole body must arrive within the read timeout after
-  the headers; this is checked between chunks, so a server trickling bytes is cut off at
-  most one read timeout late.
+* One deadline bounds the whole poll (connect, status line, headers and body together),
+  by default the larger of the two timeouts. A per-read timeout alone is no bound: a server
+  sending a byte every half second resets it forever. Every connection of the poll is kept
+  under a duplicate of its socket descriptor, and a watchdog (one threading.Timer per poll,
+  joined before poll() returns) shuts the connection down through it at the deadline; the
+  blocked recv returns at once whatever layer (TLS handshake, proxy tunnel, headers, body)
+  was waiting. A duplicate, not the socket object itself: http.client closes the socket
+  object of a `Connection: close` answer while the body is still read through its file,
+  and the duplicate is owned by the watchdog alone, so it can never shut down a descriptor
+  number that has since been reused. The answer of a cut poll is TIMEOUT, whatever
+  half-answer the cut left behind; only an error status whose headers had arrived keeps its
+  own classification (without the excerpt). Connections are watched only through
+  DeadlineAdapter, which the client's own session mounts; a session passed in should mount
+  it too (a mocking adapter needs none). Not covered: the name lookup and the TCP connect
+  itself, which only the connect timeout (capped to the deadline) bounds.
+* abort() (from any thread) cuts the poll in flight the same way and makes every later
+  poll fail at once without sending anything: the way out for a daemon that is stopping.
 * Retry-After is honoured on 429 and 503; an HTTP-date is measured against the server's
   Date header when present (immune to our clock skew), else against our wall clock.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import ipaddress
+import itertools
 import json
 import math
+import os
 import re
+import socket
+import threading
 import time
 import unicodedata
 import urllib.parse
@@ -31,10 +51,14 @@ from datetime import UTC
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from types import TracebackType
-from typing import Final, Self
+from typing import Any, Final, Protocol, Self
 
 import requests
+import requests.adapters
+import urllib3.connection
+import urllib3.connectionpool
 import urllib3.exceptions
+import urllib3.poolmanager
 from requests.structures import CaseInsensitiveDict
 
 from recorder import __version__
@@ -44,8 +68,10 @@ from recorder.secret import Secret
 from recorder.snapshot import Failure, Outcome, PollResult, Snapshot
 
 __all__ = [
+    "ABORTED_MESSAGE",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_TIMEOUT",
+    "DeadlineAdapter",
     "SchedulerClient",
     "check_url",
     "parse_retry_after",
@@ -53,6 +79,7 @@ __all__ = [
 
 DEFAULT_TIMEOUT: Final = (5.0, 20.0)
 DEFAULT_MAX_BODY_BYTES: Final = 32 * 1024 * 1024
+ABORTED_MESSAGE: Final = "aborted: the recorder is stopping"
 
 _CHUNK_BYTES: Final = 16 * 1024
 # Only the `error` excerpt is needed from a failed answer; no reason to hold more.
@@ -77,8 +104,185 @@ class _Abort(Exception):
         self.message = message
 
 
+class _Cut(enum.Enum):
+    """Why a poll's connections were shut down under it."""
+
+    DEADLINE = "deadline"
+    ABORT = "abort"
+
+
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
+_WATCH_SERIALS: Final = itertools.count(1)
+
+
+class _Watch:
+    """The connections of one poll, and the watchdog that cuts them at the deadline or on abort.
+
+    Each connection is held through a duplicate of its descriptor (a guard): shutting the
+    guard down shuts down the TCP connection under every layer above it, and unblocks a recv
+    in the polling thread. The guards belong to the watch alone and are created, shut down
+    and closed under its lock, so a shutdown can never reach a descriptor number reused by
+    someone else.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.serial = next(_WATCH_SERIALS)
+        self._lock = threading.Lock()
+        self._guards: list[socket.socket] = []
+        self._cut: _Cut | None = None
+        self._closed = False
+        self._timer = threading.Timer(seconds, self.cut, args=(_Cut.DEADLINE,))
+        self._timer.name = "recorder-deadline"
+        self._timer.daemon = True
+
+    @property
+    def cut_by(self) -> _Cut | None:
+        """Why the connections were cut, or None while they are not."""
+        return self._cut
+
+    def guard(self, sock: _HasFileno) -> None:
+        """Hold sock's connection through a duplicate descriptor; cut it now if already due."""
+        try:
+            fd = os.dup(sock.fileno())
+        except (OSError, ValueError):
+            return  # already closed: nothing left to cut
+        with self._lock:
+            if self._closed:
+                os.close(fd)
+                return
+            try:
+                guard = socket.socket(fileno=fd)
+            except OSError:
+                os.close(fd)
+                return
+            self._guards.append(guard)
+            if self._cut is not None:
+                _shut(guard)
+
+    def cut(self, why: _Cut) -> None:
+        """Shut every connection of the poll down (the first reason given is kept)."""
+        with self._lock:
+            if self._closed:
+                return
+            if self._cut is None:
+                self._cut = why
+            for guard in self._guards:
+                _shut(guard)
+
+    def __enter__(self) -> Self:
+        """Start the watchdog and make this the watch of the calling thread's connections."""
+        self._timer.start()  # first: if no thread can be started, no guard is ever taken
+        _ACTIVE.watch = self
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop the watchdog (its thread is joined) and close the guards."""
+        self._timer.cancel()
+        self._timer.join()
+        _ACTIVE.watch = None
+        with self._lock:
+            self._closed = True
+            guards, self._guards = self._guards, []
+            for guard in guards:
+                guard.close()
+
+
+class _Active(threading.local):
+    watch: _Watch | None = None
+
+
+_ACTIVE: Final = _Active()
+
+
+def _shut(sock: socket.socket) -> None:
+    # OSError: not connected any more, or the peer reset it first; cut all the same.
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _guard_for_this_poll(sock: _HasFileno | None, watched_by: int = 0) -> int:
+    """Hand sock to the poll running on this thread, unless its watch holds it already."""
+    watch = _ACTIVE.watch
+    if watch is None or sock is None:
+        return 0
+    if watch.serial != watched_by:
+        watch.guard(sock)
+    return watch.serial
+
+
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    """A connection the poll in progress on its thread can cut (see _Watch)."""
+
+    _watched_by = 0  # serial of the watch that last took a guard on the socket
+
+    def _new_conn(self) -> socket.socket:
+        # Guarded from the moment it is connected: a proxy tunnel or a TLS handshake that
+        # stalls is cut like everything after it.
+        sock = super()._new_conn()
+        self._watched_by = _guard_for_this_poll(sock)
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        """Send a request; a kept-alive socket is first guarded for this poll."""
+        self._watched_by = _guard_for_this_poll(self.sock, self._watched_by)
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(_WatchedHTTPConnection, urllib3.connection.HTTPSConnection):
+    """The https:// flavour of _WatchedHTTPConnection."""
+
+
+class _WatchedHTTPConnectionPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSConnectionPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_WATCHED_POOLS: Final = {
+    "http": _WatchedHTTPConnectionPool,
+    "https": _WatchedHTTPSConnectionPool,
+}
+
+
+def _watch_pools(manager: urllib3.poolmanager.PoolManager) -> None:
+    # A SOCKS manager brings pool classes of its own: those stay (no hard deadline there).
+    if manager.pool_classes_by_scheme == urllib3.poolmanager.pool_classes_by_scheme:
+        manager.pool_classes_by_scheme = _WATCHED_POOLS
+
+
+class DeadlineAdapter(requests.adapters.HTTPAdapter):
+    """An HTTPAdapter whose connections a SchedulerClient can cut at its deadline or on abort().
+
+    The client's own session mounts it; mount it on a session you pass to SchedulerClient
+    to keep the deadline hard. Outside a poll it behaves as a plain HTTPAdapter.
+    """
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
+    ) -> None:
+        """Create the pool manager, with connection pools the deadline can reach."""
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        _watch_pools(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        """Return the proxy manager for proxy, with connection pools the deadline can reach."""
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        _watch_pools(manager)
+        return manager
+
+
 class SchedulerClient:
-    """Polls one scheduler URL over a single requests.Session."""
+    """Polls one scheduler URL over a single requests.Session, one poll at a time."""
 
     def __init__(
         self,
@@ -86,18 +290,29 @@ class SchedulerClient:
         token: str | Secret | None,
         *,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        deadline: float | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         wall_clock: Clock | None = None,
         monotonic: Clock = time.monotonic,
         session: requests.Session | None = None,
     ) -> None:
-        """Create a client; a session passed in stays owned by the caller and is not closed."""
+        """Create a client; a session passed in stays owned by the caller and is not closed.
+
+        timeout is the (connect, read) pair of per-operation timeouts; deadline bounds the
+        whole poll (by default the larger timeout), and caps the connect timeout, since a TCP
+        connect under way cannot be cut. A session passed in should mount DeadlineAdapter for
+        the deadline to cut a stalled read.
+        """
         _check_timeout(timeout)
+        total = max(timeout) if deadline is None else deadline
+        if not (math.isfinite(total) and total > 0):
+            raise ValueError("deadline must be a positive number of seconds")
         if max_body_bytes <= 0:
             raise ValueError("max_body_bytes must be positive")
         self._url = url
         self._token = _make_secret(token)
-        self._timeout = (float(timeout[0]), float(timeout[1]))
+        self._deadline = float(total)
+        self._timeout = (min(float(timeout[0]), total), float(timeout[1]))
         self._max_body_bytes = max_body_bytes
         # Poll times advance with the monotonic clock: a step of the host clock cannot bend them.
         self._wall_clock = (
@@ -105,12 +320,30 @@ class SchedulerClient:
         )
         self._monotonic = monotonic
         self._owns_session = session is None
-        self._session = requests.Session() if session is None else session
+        if session is None:
+            session = requests.Session()
+            session.mount("https://", DeadlineAdapter())
+            session.mount("http://", DeadlineAdapter())
+        self._session = session
+        # Guards _aborted and _watch, the two things abort() shares with the polling thread.
+        self._lock = threading.Lock()
+        self._aborted = False
+        self._watch: _Watch | None = None
 
     @property
     def url(self) -> str:
         """The polled URL."""
         return self._url
+
+    @property
+    def deadline(self) -> float:
+        """Seconds a whole poll may take (connect, headers and body together), plus slack."""
+        return self._deadline
+
+    @property
+    def aborted(self) -> bool:
+        """True once abort() was called: every poll from then on fails at once."""
+        return self._aborted
 
     def __repr__(self) -> str:
         """Show the URL only, never the token."""
@@ -134,8 +367,24 @@ class SchedulerClient:
         if self._owns_session:
             self._session.close()
 
+    def abort(self) -> None:
+        """Cut the poll in flight, if any, and fail every later poll without sending it.
+
+        Safe from any thread, never raises, and may be called any number of times. The poll
+        in flight returns promptly with a NETWORK Failure saying the recorder is stopping
+        (an error status whose headers had come keeps its own Failure; a TCP connect or name
+        lookup under way is not interrupted: it ends within the connect timeout). Not for a
+        signal handler: it takes a lock; let the handler hand the request to a thread, as
+        Daemon.run does.
+        """
+        with self._lock:
+            self._aborted = True
+            watch = self._watch
+        if watch is not None:
+            watch.cut(_Cut.ABORT)
+
     def poll(self) -> PollResult:
-        """GET the URL once and classify what happened."""
+        """GET the URL once and classify what happened, within the deadline."""
         sent_at = self._wall_clock()
         start = self._monotonic()
         status, answer = self._exchange()
@@ -144,6 +393,19 @@ class SchedulerClient:
         return PollResult(sent_at, received_at, status, answer)
 
     def _exchange(self) -> tuple[int | None, Snapshot | Failure]:
+        watch = _Watch(self._deadline)
+        with self._lock:
+            if self._aborted:
+                return None, self._failure(Outcome.NETWORK, ABORTED_MESSAGE)
+            self._watch = watch
+        try:
+            with watch:
+                return self._fetch(watch)
+        finally:
+            with self._lock:
+                self._watch = None
+
+    def _fetch(self, watch: _Watch) -> tuple[int | None, Snapshot | Failure]:
         try:
             response = self._session.get(
                 self._url,
@@ -153,9 +415,13 @@ class SchedulerClient:
                 allow_redirects=False,
             )
         except _TRANSPORT_ERRORS as exc:
-            return None, self._failure(*self._classify_exception(exc))
+            return None, self._failure(*self._classify_exception(exc, watch))
         with response:
-            return response.status_code, self._answer(response)
+            cut = watch.cut_by
+            if cut is not None:
+                # Cut while the headers came in: the status and headers may be fragments.
+                return None, self._failure(*self._cut_failure(cut, in_body=False))
+            return response.status_code, self._answer(response, watch)
 
     def _headers(self) -> dict[str, str]:
         headers = {"User-Agent": f"recorder/{__version__}", "Accept": "application/json"}
@@ -163,14 +429,14 @@ class SchedulerClient:
             headers["Authorization"] = f"Bearer {self._token.reveal()}"
         return headers
 
-    def _answer(self, response: requests.Response) -> Snapshot | Failure:
+    def _answer(self, response: requests.Response, watch: _Watch) -> Snapshot | Failure:
         if 200 <= response.status_code < 300:
-            return self._success(response)
-        return self._status_failure(response)
+            return self._success(response, watch)
+        return self._status_failure(response, watch)
 
-    def _success(self, response: requests.Response) -> Snapshot | Failure:
+    def _success(self, response: requests.Response, watch: _Watch) -> Snapshot | Failure:
         try:
-            body = self._read(response, self._max_body_bytes)
+            body = self._read(response, self._max_body_bytes, watch)
         except _Abort as abort:
             return self._failure(abort.outcome, abort.message)
         try:
@@ -189,10 +455,10 @@ class SchedulerClient:
             return self._failure(Outcome.BAD_PAYLOAD, message)
         return snapshot
 
-    def _status_failure(self, response: requests.Response) -> Failure:
+    def _status_failure(self, response: requests.Response, watch: _Watch) -> Failure:
         status = response.status_code
         try:
-            body = self._read(response, _ERROR_BODY_BYTES)
+            body = self._read(response, _ERROR_BODY_BYTES, watch)
         except _Abort:
             body = b""  # the status alone classifies the failure
         retry_after = None
@@ -208,12 +474,10 @@ class SchedulerClient:
         message += self._excerpt_suffix(body)
         return self._failure(_status_outcome(status), message, retry_after)
 
-    def _read(self, response: requests.Response, limit: int) -> bytes:
+    def _read(self, response: requests.Response, limit: int, watch: _Watch) -> bytes:
         declared = _content_length(response.headers)
         if declared is not None and declared > limit:
             raise _Abort(Outcome.BAD_PAYLOAD, f"answer larger than {limit} bytes")
-        # Real time, not the injected clock: this guards against a trickling server.
-        deadline = time.monotonic() + self._timeout[1]
         chunks: list[bytes] = []
         size = 0
         try:
@@ -222,13 +486,29 @@ class SchedulerClient:
                 if size > limit:
                     raise _Abort(Outcome.BAD_PAYLOAD, f"answer larger than {limit} bytes")
                 chunks.append(chunk)
-                if time.monotonic() > deadline:
-                    raise _Abort(Outcome.TIMEOUT, self._body_timeout_message())
+                if watch.cut_by is not None:
+                    break  # also stops an adapter the watchdog cannot reach, between chunks
         except _TRANSPORT_ERRORS as exc:
-            raise _Abort(*self._classify_exception(exc)) from exc
+            raise _Abort(*self._classify_exception(exc, watch, in_body=True)) from exc
+        cut = watch.cut_by
+        if cut is not None:
+            # The end the cut made looks like a clean end of a body read until close.
+            raise _Abort(*self._cut_failure(cut, in_body=True))
         return b"".join(chunks)
 
-    def _classify_exception(self, exc: BaseException) -> tuple[Outcome, str]:
+    def _cut_failure(self, cut: _Cut, *, in_body: bool) -> tuple[Outcome, str]:
+        if cut is _Cut.ABORT:
+            return Outcome.NETWORK, ABORTED_MESSAGE
+        waiting = "reading the answer body" if in_body else "waiting for the answer"
+        return Outcome.TIMEOUT, f"timed out {waiting} (deadline {self._deadline:g} s for the poll)"
+
+    def _classify_exception(
+        self, exc: BaseException, watch: _Watch, *, in_body: bool = False
+    ) -> tuple[Outcome, str]:
+        cut = watch.cut_by
+        if cut is not None:
+            # Whatever broke, it broke because the watchdog or abort() cut the connection.
+            return self._cut_failure(cut, in_body=in_body)
         connect, read = self._timeout
         if isinstance(exc, requests.ConnectTimeout):
             return Outcome.TIMEOUT, f"timed out connecting (connect timeout {connect:g} s)"

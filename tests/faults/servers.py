@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
@@ -12,10 +11,18 @@ from types import TracebackType
 
 @dataclass(frozen=True)
 class Answer:
-    """What to do with one connection: send `data`, then hang for `hang_s` or close."""
+    """What to do with one request: send `data`, trickle `trickle`, hang `hang_s`, then close.
+
+    `trickle` goes out `piece` bytes at a time, one piece every `every_s` seconds. With `then`,
+    the connection is kept open instead of closed, and the next request on it gets `then`.
+    """
 
     data: bytes = b""
     hang_s: float = 0.0
+    trickle: bytes = b""
+    piece: int = 1
+    every_s: float = 0.5
+    then: Answer | None = None
 
 
 def http(status: int, body: bytes, content_type: str = "application/json", **headers: str) -> bytes:
@@ -31,10 +38,15 @@ def http(status: int, body: bytes, content_type: str = "application/json", **hea
 
 
 class ScriptedServer:
-    """Answers connections with the scripted Answers in turn (the last one repeats)."""
+    """Answers connections with the scripted Answers in turn (the last one repeats).
+
+    `connections` counts the connections accepted; `requested` is set once a request came in.
+    """
 
     def __init__(self, *answers: Answer) -> None:
         self.answers = deque(answers)
+        self.connections = 0
+        self.requested = threading.Event()
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(16)
@@ -49,20 +61,30 @@ class ScriptedServer:
                 conn, _ = self._sock.accept()
             except TimeoutError:
                 continue
+            self.connections += 1
             answer = self.answers.popleft() if len(self.answers) > 1 else self.answers[0]
             threading.Thread(target=self._answer, args=(conn, answer), daemon=True).start()
 
     def _answer(self, conn: socket.socket, answer: Answer) -> None:
         with conn:
             conn.settimeout(2.0)
+            step: Answer | None = answer
             try:
-                conn.recv(65536)  # the request
-                conn.sendall(answer.data)
-                deadline = time.monotonic() + answer.hang_s
-                while time.monotonic() < deadline and not self._stop.is_set():
-                    time.sleep(0.05)
+                while step is not None and self._play(conn, step):
+                    step = step.then
             except OSError:
-                pass
+                pass  # the client hung up or cut the connection: that is its right
+
+    def _play(self, conn: socket.socket, answer: Answer) -> bool:
+        """Answer one request; False once the server is stopping."""
+        conn.recv(65536)  # the request
+        self.requested.set()
+        conn.sendall(answer.data)
+        for start in range(0, len(answer.trickle), answer.piece):
+            if self._stop.wait(answer.every_s):
+                return False
+            conn.sendall(answer.trickle[start : start + answer.piece])
+        return not self._stop.wait(answer.hang_s)
 
     def __enter__(self) -> ScriptedServer:
         self._thread.start()

@@ -49,6 +49,19 @@ WRONG_TYPES = json.dumps(
 CASES = {
     "connection refused": (None, "network"),
     "read hangs past the timeout": (Answer(b"", hang_s=3.0), "timeout"),
+    # Two minutes of answer, a byte every 0.1 s: no read timeout fires, the deadline does.
+    "headers trickled past the deadline": (
+        Answer(b"HTTP/1.1 200 OK\r\n", trickle=b"X-Padding: " + b"p" * 1200, every_s=0.1),
+        "timeout",
+    ),
+    "body trickled past the deadline": (
+        Answer(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1200\r\n\r\n",
+            trickle=b" " * 1200,
+            every_s=0.1,
+        ),
+        "timeout",
+    ),
     "half a body": (
         Answer(
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
