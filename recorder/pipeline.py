@@ -9,8 +9,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
+
 from recorder import inference
-from recorder.db import one_line
+from recorder.db import DatabaseGone, one_line
 from recorder.gaps import CADENCE_POLLS, observed_threshold
 from recorder.inference import StepResult, TargetState
 from recorder.lease import LeaseLost, RecordingLease
@@ -116,6 +118,8 @@ class Pipeline:
             except LeaseLost:
                 raise
             except Exception as exc:
+                if not poisonous(exc):
+                    raise  # the database's trouble (full, locked, down): wait for it
                 self._head_failures += 1
                 if self._head_failures < self.set_aside_after:
                     raise
@@ -161,6 +165,31 @@ class Pipeline:
         if result.ok:
             self.last_ok_poll_id = poll_id
         return Recorded(poll_id, result, change)
+
+
+# SQLite result codes and PostgreSQL SQLSTATE classes that a value causes, not the database's
+# condition: too big, a constraint, a type mismatch, out of range; data exceptions, integrity,
+# program limits (such as an index row over its size limit).
+_SQLITE_DATA_ERRORS = frozenset({18, 19, 20, 25})
+_POSTGRES_DATA_CLASSES = frozenset({"22", "23", "54"})
+
+
+def poisonous(exc: Exception) -> bool:
+    """True when a failed write is the poll's fault (a value), not the database's (full, locked,
+    unreachable, read-only): only such a poll may be set aside."""
+    if isinstance(exc, DatabaseGone):
+        return False
+    if isinstance(exc, DBAPIError):
+        orig = exc.orig
+        code = getattr(orig, "sqlite_errorcode", None)
+        if isinstance(code, int):
+            return code & 0xFF in _SQLITE_DATA_ERRORS
+        state = getattr(orig, "sqlstate", None)
+        if isinstance(state, str):
+            return state[:2] in _POSTGRES_DATA_CLASSES
+        return isinstance(exc, DataError | IntegrityError)
+    # Anything else failed before the database saw it (a value no column type converts).
+    return not isinstance(exc, SQLAlchemyError) or isinstance(exc, StatementError)
 
 
 def poll_json(result: PollResult) -> str:

@@ -24,7 +24,7 @@ from recorder import db, store
 from recorder.clock import to_datetime
 from recorder.models import Job, Poll, Quarantine
 from recorder.parse import ID_KEYS, LIMITS, normalize_items
-from recorder.pipeline import Pipeline
+from recorder.pipeline import Pipeline, poisonous
 from recorder.reports import status
 from recorder.snapshot import Outcome, PollResult
 from recorder.store import Store
@@ -238,3 +238,44 @@ def test_any_list_the_parser_accepts_the_store_accepts(
     for _ in sequence:
         recorded = pipeline.record(pipeline.source())
         assert recorded.result.ok
+
+
+def _error_of(engine: Engine, *statements: str) -> Exception:
+    try:
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+    except Exception as exc:
+        return exc
+    pytest.fail("the statements did not fail")
+
+
+def test_only_an_error_a_value_causes_can_set_a_poll_aside(engine: Engine) -> None:
+    """A full disk or a lock is the database's condition: the poll waits, however small a
+    quarantine row would still fit. A value over a limit is the poll's own fault."""
+    big = _random_text(12_000, 7)
+    if engine.dialect.name == "postgresql":
+        too_big = _error_of(
+            engine,
+            "CREATE TEMP TABLE t (x text)",
+            "CREATE INDEX ON t (x)",
+            f"INSERT INTO t VALUES ('{big}')",
+        )
+        assert "index row" in str(too_big) and poisonous(too_big)
+        down = _error_of(engine, "SELECT pg_terminate_backend(pg_backend_pid())")
+        assert not poisonous(down)
+    else:
+        full = _error_of(
+            engine,
+            "PRAGMA max_page_count = 1",
+            f"INSERT INTO targets (url, created_at) VALUES ('{big}', 0)",
+        )
+        assert "full" in str(full) and not poisonous(full)
+        clash = _error_of(
+            engine,
+            "INSERT INTO targets (id, url, created_at) VALUES (7, 'a', 0)",
+            "INSERT INTO targets (id, url, created_at) VALUES (7, 'b', 0)",
+        )
+        assert poisonous(clash)
+    assert poisonous(ValueError("year -5950 is out of range"))
+    assert not poisonous(db.DatabaseGone("the database file was deleted"))
