@@ -1,4 +1,8 @@
-"""The daemon's loop body: backoff, health logging, transitions; and a real process's signals."""
+"""The daemon's loop body: backoff, health logging, transitions.
+
+Every test drives Daemon.tick() by hand on a ManualClock (the daemon's monotonic clock), so
+nothing here depends on how fast the machine is. A real process's signals: tests/test_e2e.py.
+"""
 
 from __future__ import annotations
 

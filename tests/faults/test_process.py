@@ -10,16 +10,18 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, func, select
 
 from recorder import db
 from recorder.daemon import gap_threshold
 from recorder.models import Job, Poll, Transition
 from recorder.simulator import Faults, JobKind, SimConfig, Simulator
+from tests.waiting import DEADLINE_S, Unmet, peek, reader, running, stop, wait_for
 
 TOKEN = "tok-kill-3d94a0e7"
 INTERVAL = 0.1
@@ -74,22 +76,56 @@ def check_consistent(db_url: str, truth: dict[str, Any]) -> None:
         assert poll.after_gap == (failures or silence > threshold), (prev, poll)
 
 
+def count(engine: Engine, rows_of: Any) -> int:
+    """How many rows a table (or a subquery) holds in a database a daemon is writing."""
+    rows = peek(engine, select(func.count()).select_from(rows_of))
+    return int(rows[0][0]) if rows else 0
+
+
 def test_killed_twenty_times_the_history_stays_consistent(db_url: str, tmp_path: Path) -> None:
     faults = Faults(server_error=0.05, rate_limit=0.02, retry_after_s=1, skew_s=-35.0)
     kinds = (JobKind("video", 40.0, 3.0), JobKind("image", 80.0, 1.0))
     config = SimConfig(seed=31, token=TOKEN, kinds=kinds, faults=faults, initial_jobs=3)
     rng = random.Random(31)
     log = tmp_path / "daemon.log"
-    with Simulator(config) as sim:
+    with Simulator(config) as sim, reader(db_url) as live:
         for _ in range(20):
             process = start(db_url, sim.url, log)
-            time.sleep(rng.uniform(0.8, 2.0))  # lands anywhere: polling, writing, starting
+            if rng.random() < 0.5:
+                # Lands while it records: once this run has written, at a random point after.
+                before = count(live, Poll)
+
+                def recording(
+                    process: subprocess.Popen[bytes] = process, before: int = before
+                ) -> bool:
+                    running(process, log)
+                    return count(live, Poll) > before
+
+                wait_for(recording, interval=0.02, message="the restarted daemon to record")
+                time.sleep(rng.uniform(0.0, 0.3))
+            else:
+                time.sleep(rng.uniform(0.0, 1.5))  # lands anywhere: starting, standing by, polling
             process.send_signal(signal.SIGKILL)
-            process.wait(timeout=10)
+            process.wait(timeout=DEADLINE_S)
         process = start(db_url, sim.url, log)  # a last, clean run closes what vanished
-        time.sleep(3.0)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == 0
+        before = count(live, Poll)
+
+        def enough() -> bool | Unmet:
+            """This run polled, and the whole history is big enough, gaps included."""
+            running(process, log)
+            polls, jobs = count(live, Poll), count(live, Job)
+            gaps = count(live, select(Poll.id).where(Poll.after_gap).subquery())
+            if polls > before and polls > 60 and jobs > 30 and gaps:
+                return True
+            return Unmet(
+                f"{polls} polls ({polls - before} in this run, {gaps} after a gap), {jobs} jobs"
+            )
+
+        try:
+            wait_for(enough, interval=0.1, message="the history of the last run")
+        finally:
+            code = stop(process, log)
+        assert code == 0, log.read_text()[-3000:]
         truth = {j.api_id: j for j in sim.truth()}
     check_consistent(db_url, truth)
     jobs, polls, _ = history(db_url)
@@ -98,15 +134,28 @@ def test_killed_twenty_times_the_history_stays_consistent(db_url: str, tmp_path:
     assert TOKEN not in log.read_text()
 
 
+# Far beyond any deadline here: a daemon that waited for the answer would not stop in time.
+SLOW_S = 600.0
+
+
 def test_sigterm_exits_within_one_poll_timeout(db_url: str, tmp_path: Path) -> None:
-    faults = Faults(slow=1.0, slow_s=5.0)  # every answer takes longer than the timeout
+    """Every answer takes ten minutes; the poll in flight gives up at its 1 s timeout (or is
+    cut short), so the daemon stops well within the deadline instead of waiting for it."""
+    assert DEADLINE_S < SLOW_S / 2  # else stopping in time would not tell the two apart
+    faults = Faults(slow=1.0, slow_s=SLOW_S)
+    log = tmp_path / "daemon.log"
     with Simulator(SimConfig(seed=2, token=TOKEN, faults=faults)) as sim:
-        process = start(db_url, sim.url, tmp_path / "daemon.log")
-        time.sleep(1.5)  # a poll is in flight, waiting on a slow answer
-        began = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == 0
-        assert time.monotonic() - began < 1.0 + 1.5  # the timeout, and a little for the exit
+        process = start(db_url, sim.url, log)
+
+        def in_flight() -> bool:
+            running(process, log)
+            return sim.faults_injected["slow"] > 0  # counted when a request arrives
+
+        try:
+            wait_for(in_flight, interval=0.01, message="a poll in flight")
+        finally:
+            code = stop(process, log, timeout=DEADLINE_S)
+    assert code == 0, log.read_text()
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
@@ -116,14 +165,18 @@ def test_the_token_is_nowhere(db_url: str, tmp_path: Path) -> None:
     log = tmp_path / "daemon.log"
     with Simulator(SimConfig(seed=5, token=TOKEN, faults=faults, initial_jobs=2)) as sim:
         process = start(db_url, sim.url, log)
-        time.sleep(2.0)
-        cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == 0
+        try:
+            wait_for(logged(process, log, "failing (server)"), message="a server error logged")
+            cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
+        finally:
+            code = stop(process, log)
+        assert code == 0, log.read_text()
         wrong = start(db_url, sim.url, log, token=TOKEN + "-revoked")  # 401 every time
-        time.sleep(1.5)
-        wrong.send_signal(signal.SIGTERM)
-        assert wrong.wait(timeout=10) == 0
+        try:
+            wait_for(logged(wrong, log, "failing (auth)"), message="the 401 logged")
+        finally:
+            code = stop(wrong, log)
+        assert code == 0, log.read_text()
         help_text = subprocess.run(
             [sys.executable, "-m", "recorder", "run", "--help"],
             env=os.environ | {"USEAPI_TOKEN": TOKEN},
@@ -136,3 +189,13 @@ def test_the_token_is_nowhere(db_url: str, tmp_path: Path) -> None:
     stored = b"".join(p.read_bytes() for p in database.parent.glob(database.name + "*"))
     for haystack in (text.encode(), stored, help_text, cmdline):
         assert TOKEN.encode() not in haystack
+
+
+def logged(process: subprocess.Popen[bytes], log: Path, text: str) -> Callable[[], bool]:
+    """A condition: `text` is in the log (and the process still runs)."""
+
+    def condition() -> bool:
+        running(process, log)
+        return text in log.read_text()
+
+    return condition
