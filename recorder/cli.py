@@ -6,7 +6,6 @@ import dataclasses
 import json
 import logging
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -16,12 +15,17 @@ from typing import TYPE_CHECKING
 import click
 from click.decorators import FC
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from recorder import __version__, db
 from recorder.config import DEFAULT_INTERVAL_S, DEFAULT_URL, ENV_TOKEN, ConfigError, load_token
 from recorder.output import FORMATS, default_format, iso, render
+from recorder.params import DATABASE_URL, DAY, HOUR, JOB_KIND, WHEN, Number, Seconds
+from recorder.stopping import STOP
+from recorder.timespec import When
 
 if TYPE_CHECKING:
+    from recorder.client import SchedulerClient
     from recorder.pipeline import Pipeline
     from recorder.simulator import JobKind
 
@@ -35,11 +39,20 @@ class State:
         self.db_url = db_url
         self._engine: Engine | None = None
 
-    def engine(self) -> Engine:
-        """The database, created or upgraded as needed."""
+    def engine(self, *, adopt: bool = False) -> Engine:
+        """The database for writing, created or upgraded as needed."""
         if self._engine is None:
             try:
-                self._engine = db.open_database(self.db_url)
+                self._engine = db.open_database(self.db_url, adopt=adopt)
+            except db.DatabaseError as exc:
+                raise click.ClickException(str(exc)) from None
+        return self._engine
+
+    def reader(self) -> Engine:
+        """The existing database, for reading only: nothing is created or changed."""
+        if self._engine is None:
+            try:
+                self._engine = db.open_readonly(self.db_url)
             except db.DatabaseError as exc:
                 raise click.ClickException(str(exc)) from None
         return self._engine
@@ -55,17 +68,9 @@ pass_state = click.make_pass_decorator(State)
 
 
 def _setup_logging(verbosity: int) -> None:
-    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
-    formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
-    formatter.converter = time.gmtime
-    handler.setFormatter(formatter)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
-    log.setLevel(level)
-    # APScheduler warns on every skipped or late run; the daemon reports what matters itself.
-    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    from recorder import logs
+
+    logs.setup(verbosity)  # one line per event, with text from the API escaped
 
 
 @contextmanager
@@ -81,6 +86,7 @@ def _user_errors() -> Iterator[None]:
 @click.option(
     "--db",
     "db_url",
+    type=DATABASE_URL,
     metavar="URL",
     envvar=db.ENV_DB,
     help="Database URL, e.g. sqlite:///recorder.db or postgresql+psycopg://user@host/db "
@@ -100,6 +106,9 @@ def cli(ctx: click.Context, db_url: str | None, verbose: int, quiet: bool) -> No
 
         recorder demo
     """
+    if ctx.invoked_subcommand != "run":
+        # Only the daemon stops gracefully; every other command stops as any program does.
+        STOP.release()
     _setup_logging(-1 if quiet else verbose)
     ctx.obj = State(db_url)
     ctx.call_on_close(ctx.obj.close)
@@ -114,10 +123,10 @@ def _endpoint_options(func: FC) -> FC:
     )(func)
     func = click.option(
         "--timeout",
-        type=click.FloatRange(min=0.1),
+        type=Seconds(0.1, HOUR),
         default=20.0,
         show_default=True,
-        help="Seconds to wait for an answer.",
+        help="Seconds to wait for an answer, 0.1 to 3600 (30s, 2m also work).",
     )(func)
     func = click.option(
         "--token-file",
@@ -131,29 +140,38 @@ def _endpoint_options(func: FC) -> FC:
 
 
 def _pipeline(
-    state: State, url: str, token_file: Path | None, timeout: float, insecure: bool, interval: float
-) -> tuple[Pipeline, Engine]:
+    state: State,
+    url: str,
+    token_file: Path | None,
+    timeout: float,
+    insecure: bool,
+    interval: float | None,
+) -> tuple[Pipeline, SchedulerClient]:
+    """The recording pipeline for one target; `interval` None: gaps from the observed cadence."""
     from recorder.client import SchedulerClient, check_url
-    from recorder.daemon import gap_threshold
+    from recorder.gaps import gap_threshold
     from recorder.pipeline import Pipeline
     from recorder.store import Store
 
     with _user_errors():
         token = load_token(token_file)
         check_url(url, insecure=insecure)
+        db.require_file(db.resolve_url(state.db_url))
     engine = state.engine()
+    # --timeout bounds the whole answer: connect, headers and body together.
     client = SchedulerClient(url, token, timeout=(min(5.0, timeout), timeout))
-    return Pipeline(Store(engine), url, client.poll, gap_s=gap_threshold(interval)), engine
+    gap_s = gap_threshold(interval) if interval is not None else None
+    return Pipeline(Store(engine), url, client.poll, gap_s=gap_s), client
 
 
 @cli.command()
 @_endpoint_options
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.05),
+    type=Seconds(0.05, DAY),
     default=DEFAULT_INTERVAL_S,
     show_default=True,
-    help="Seconds between polls (fractions such as 0.5 allowed).",
+    help="Seconds between polls, 0.05 to 86400 (a day); 0.5, 30s, 5m, 1h also work.",
 )
 @pass_state
 def run(
@@ -174,30 +192,61 @@ def run(
     """
     from recorder.daemon import Daemon, lease_ttl
 
-    pipeline, engine = _pipeline(state, url, token_file, timeout, insecure, interval)
+    pipeline, client = _pipeline(state, url, token_file, timeout, insecure, interval)
+    engine = pipeline.store.engine
     log.info("recording %s every %gs into %s", url, interval, db.masked(str(engine.url)))
-    Daemon(pipeline, interval, lease_ttl_s=lease_ttl(interval, timeout)).run()
+    daemon = Daemon(
+        pipeline, interval, lease_ttl_s=lease_ttl(interval, timeout), abort=client.abort
+    )
+    try:
+        daemon.run()
+    except db.DatabaseError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        client.close()
     log.info("stopped")
 
 
 @cli.command()
 @_endpoint_options
+@click.option(
+    "--expect-every",
+    type=Seconds(0.05, DAY),
+    metavar="SECONDS",
+    help="How often this poll runs (cron: 60s), for telling gaps from the usual silence "
+    "[default: the spacing of the target's recent polls].",
+)
 @pass_state
-def poll(state: State, url: str, token_file: Path | None, timeout: float, insecure: bool) -> None:
+def poll(
+    state: State,
+    url: str,
+    token_file: Path | None,
+    timeout: float,
+    insecure: bool,
+    expect_every: float | None,
+) -> None:
     """Poll the endpoint once, record it, and exit (non-zero when the poll failed).
+
+    For cron or a timer: a silence longer than three times the usual spacing between polls
+    (observed, or --expect-every) is recorded as a gap.
 
     Example:
 
-        USEAPI_TOKEN=... recorder poll
+        USEAPI_TOKEN=... recorder poll --expect-every 60s
     """
     from recorder.daemon import TargetBusy, poll_once
     from recorder.snapshot import Failure
 
-    pipeline, _ = _pipeline(state, url, token_file, timeout, insecure, DEFAULT_INTERVAL_S)
+    pipeline, client = _pipeline(state, url, token_file, timeout, insecure, expect_every)
+    pipeline.set_aside_after = 1  # one try only: a poll the database refuses is kept aside
     try:
         recorded = poll_once(pipeline, timeout)
     except TargetBusy as exc:
         raise click.ClickException(str(exc)) from None
+    except (SQLAlchemyError, db.DatabaseError) as exc:
+        raise click.ClickException(f"cannot write to the database: {db.one_line(exc)}") from None
+    finally:
+        client.close()
     answer = recorded.result.answer
     if isinstance(answer, Failure):
         raise click.ClickException(f"poll failed ({answer.outcome.value}): {answer.message}")
@@ -219,11 +268,11 @@ def _format_option(choices: tuple[str, ...] = FORMATS) -> Callable[[FC], FC]:
 
 def _window_options(func: FC) -> FC:
     func = click.option(
-        "--until", metavar="WHEN", help="End of the window [default: now]. WHEN as for --since."
+        "--until", type=WHEN, help="End of the window [default: now]. WHEN as for --since."
     )(func)
     func = click.option(
         "--since",
-        metavar="WHEN",
+        type=WHEN,
         help="Start of the window: an ISO-8601 date or time (UTC unless it says otherwise), "
         "or an age such as 30m, 24h, 7d.",
     )(func)
@@ -243,7 +292,11 @@ def _now() -> datetime:
     "--account", "accounts", multiple=True, metavar="EMAIL", help="Only this account (repeatable)."
 )
 @_window_options
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many jobs.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 1_000_000_000),
+    help="At most this many jobs.",
+)
 @click.option(
     "--order",
     default="started",
@@ -258,8 +311,8 @@ def jobs(
     status: str | None,
     types: tuple[str, ...],
     accounts: tuple[str, ...],
-    since: str | None,
-    until: str | None,
+    since: When | None,
+    until: When | None,
     limit: int | None,
     order: str,
 ) -> None:
@@ -286,7 +339,7 @@ def jobs(
             limit=limit,
             order=order,
         )
-        rows = reports.jobs(state.engine(), query)
+        rows = reports.jobs(state.reader(), query)
         fmt = fmt or default_format()
         if fmt == "table":
             render((reports.table_row(r) for r in rows), fmt, sys.stdout, reports.TABLE_COLUMNS)
@@ -309,8 +362,8 @@ def jobs(
 @pass_state
 def stats(
     state: State,
-    since: str | None,
-    until: str | None,
+    since: When | None,
+    until: When | None,
     by: tuple[str, ...],
     fmt: str | None,
     histogram: bool,
@@ -335,7 +388,7 @@ def stats(
         now = _now()
         start, end = window(since, until, now)
         query = stats_module.StatsQuery(start, end, now, by, target, histogram)
-        report = stats_module.compute(state.engine(), query)
+        report = stats_module.compute(state.reader(), query)
     fmt = fmt or default_format()
     if fmt == "json":
         click.echo(json.dumps(stats_format.report_json(report, histogram), indent=2))
@@ -360,7 +413,7 @@ def sql(state: State, query: str, fmt: str | None) -> None:
     """
     from recorder import readonly
 
-    engine = readonly.readonly_engine(state.engine())
+    engine = readonly.readonly_engine(state.reader())
     try:
         with readonly.query(engine, query) as (columns, rows):
             render(rows, fmt or default_format(), sys.stdout, columns)
@@ -374,7 +427,7 @@ def sql(state: State, query: str, fmt: str | None) -> None:
 @click.option("--target", metavar="URL", help="Only this polled URL [default: all].")
 @pass_state
 def gaps(
-    state: State, since: str | None, until: str | None, fmt: str | None, target: str | None
+    state: State, since: When | None, until: When | None, fmt: str | None, target: str | None
 ) -> None:
     """List the periods with no successful poll in a window (default: the last 24 h).
 
@@ -387,14 +440,14 @@ def gaps(
 
     with _user_errors():
         start, end = window(since, until, _now())
-    rows = reports.gaps(state.engine(), start, end, target)
+    rows = reports.gaps(state.reader(), start, end, target)
     render(rows, fmt or default_format(), sys.stdout, reports.GAP_FIELDS)
 
 
 def _share_option(name: str, help_text: str) -> Callable[[FC], FC]:
     """An option for the share (0 to 1) of the simulator's answers that misbehave one way."""
     return click.option(
-        name, type=click.FloatRange(0, 1), default=0.0, show_default=True, help=help_text
+        name, type=Number(0, 1), metavar="SHARE", default=0.0, show_default=True, help=help_text
     )
 
 
@@ -411,6 +464,7 @@ def _share_option(name: str, help_text: str) -> Callable[[FC], FC]:
     "--kind",
     "kinds",
     multiple=True,
+    type=JOB_KIND,
     metavar="TYPE:PER_MIN:MEAN_S",
     help="A job type, its arrivals per minute and mean duration (repeatable) "
     "[default: video:2:90, image:4:20].",
@@ -420,28 +474,34 @@ def _share_option(name: str, help_text: str) -> Callable[[FC], FC]:
 @_share_option("--rate-limits", "Share of answers that are 429.")
 @click.option(
     "--retry-after",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, 86400),
     default=2,
     show_default=True,
     help="Retry-After seconds on 429.",
 )
 @_share_option("--slow", "Share of answers delayed by --slow-seconds.")
-@click.option("--slow-seconds", type=click.FloatRange(min=0), default=2.0, show_default=True)
+@click.option(
+    "--slow-seconds",
+    type=Seconds(0, HOUR),
+    default=2.0,
+    show_default=True,
+    help="How long a slow answer is delayed, 0 to 3600 seconds.",
+)
 @_share_option("--garbage", "Share of answers with a garbage body.")
 @_share_option("--empty", "Share of answers with an empty list although jobs run.")
 @click.option(
     "--skew",
-    type=float,
+    type=Seconds(-DAY, DAY),
     default=0.0,
     show_default=True,
-    help="Seconds the server clock is ahead of the true time.",
+    help="Seconds the server clock is ahead of the true time (negative: behind), up to a day.",
 )
 def simulate(
     port: int,
     host: str,
     token: str,
     seed: int,
-    kinds: tuple[str, ...],
+    kinds: tuple[JobKind, ...],
     initial_jobs: int,
     server_errors: float,
     rate_limits: float,
@@ -475,7 +535,7 @@ def simulate(
             seed=seed, token=token, faults=faults, initial_jobs=initial_jobs
         )
         if kinds:
-            config = dataclasses.replace(config, kinds=tuple(_parse_kind(k) for k in kinds))
+            config = dataclasses.replace(config, kinds=kinds)
 
     def ready(url: str) -> None:
         click.echo(f"simulating {url} (seed {seed}); Ctrl-C to stop", err=True)
@@ -483,32 +543,20 @@ def simulate(
     simulator.serve_forever(config, host, port, on_ready=ready)
 
 
-def _parse_kind(text: str) -> JobKind:
-    from recorder.simulator import JobKind
-
-    try:
-        type_, rate, mean = text.split(":")
-        return JobKind(type_, float(rate), float(mean))
-    except ValueError:
-        raise ValueError(
-            f"--kind wants TYPE:PER_MIN:MEAN_S, e.g. video:2:90 (got {text!r})"
-        ) from None
-
-
 @cli.command()
 @click.option(
     "--seconds",
-    type=click.FloatRange(min=1),
+    type=Seconds(1, DAY),
     default=30.0,
     show_default=True,
-    help="How long to record.",
+    help="How long to record, 1 to 86400 seconds (2m, 1h also work).",
 )
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.05),
+    type=Seconds(0.05, DAY),
     default=1.0,
     show_default=True,
-    help="Seconds between polls.",
+    help="Seconds between polls, 0.05 to 86400.",
 )
 @click.option("--seed", type=int, default=8, show_default=True)
 @click.option(
@@ -536,10 +584,10 @@ def demo(seconds: float, interval: float, seed: int, keep: Path | None) -> None:
 @_format_option()
 @click.option(
     "--max-age",
-    type=click.FloatRange(min=0),
+    type=Seconds(0, 7 * DAY),
     default=300.0,
     show_default=True,
-    help="Seconds after which a target's latest poll is too old to call it healthy.",
+    help="Seconds after which a target's latest poll is too old to call it healthy (up to 7d).",
 )
 @pass_state
 def status(state: State, fmt: str | None, max_age: float) -> None:
@@ -553,7 +601,7 @@ def status(state: State, fmt: str | None, max_age: float) -> None:
     """
     from recorder import reports
 
-    rows = reports.status(state.engine(), _now(), max_age)
+    rows = reports.status(state.reader(), _now(), max_age)
     render(rows, fmt or default_format(), sys.stdout, reports.STATUS_FIELDS)
     if not rows or not all(row["healthy"] for row in rows):
         sys.exit(1)
@@ -564,11 +612,12 @@ def status(state: State, fmt: str | None, max_age: float) -> None:
     "--polls-older-than",
     "older_than",
     required=True,
+    type=WHEN,
     metavar="AGE",
     help="Delete poll rows older than this (30d, 12h, or an ISO-8601 date).",
 )
 @pass_state
-def prune(state: State, older_than: str) -> None:
+def prune(state: State, older_than: When) -> None:
     """Delete old poll rows, keeping every poll that a job's bounds or a gap refers to.
 
     Jobs, their transitions and their bounds are untouched, and so are the figures of
@@ -590,6 +639,35 @@ def prune(state: State, older_than: str) -> None:
     )
 
 
+@cli.command()
+@_format_option()
+@click.option(
+    "--clear",
+    is_flag=True,
+    help="Delete the polls listed (after you have kept what you need of them).",
+)
+@pass_state
+def quarantine(state: State, fmt: str | None, clear: bool) -> None:
+    """List the polls set aside because the database would not store them.
+
+    Such a poll is recorded as a failed poll (outcome unstorable) and kept whole, as JSON, in
+    the quarantine table; `recorder status` is unhealthy until they are cleared.
+
+    Example:
+
+        recorder quarantine --format json > set-aside.json && recorder quarantine --clear
+    """
+    from recorder import reports
+    from recorder.retention import clear_quarantine
+
+    engine = state.engine() if clear else state.reader()
+    rows = reports.quarantine(engine)
+    render(rows, fmt or default_format(), sys.stdout, reports.QUARANTINE_FIELDS)
+    if clear:
+        deleted = clear_quarantine(engine, [row["id"] for row in rows])
+        click.echo(f"cleared {deleted} quarantined poll(s)", err=True)
+
+
 @cli.group(name="db")
 def db_group() -> None:
     """Manage the database: its location and schema."""
@@ -604,7 +682,7 @@ def upgrade(state: State) -> None:
 
         recorder --db sqlite:///recorder.db db upgrade
     """
-    engine = state.engine()  # opening creates and upgrades
+    engine = state.engine(adopt=True)  # opening creates and upgrades
     click.echo(
         f"{db.masked(str(engine.url))}: schema at revision {db.current_revision(engine)} (newest)"
     )

@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import FrameType
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
@@ -17,12 +16,16 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.exc import SQLAlchemyError
 
 from recorder.clock import SteadyClock
-from recorder.db import one_line
+from recorder.db import DatabaseGone, one_line
+from recorder.gaps import gap_threshold
 from recorder.inference import Closed, Opened, Reopened
 from recorder.lease import LeaseLost, RecordingLease
 from recorder.output import human_duration
 from recorder.pipeline import Pipeline, Recorded
-from recorder.snapshot import Failure, Outcome
+from recorder.snapshot import Failure, Outcome, PollResult
+from recorder.stopping import STOP
+
+__all__ = ["Daemon", "TargetBusy", "gap_threshold", "lease_ttl", "poll_once"]
 
 log = logging.getLogger("recorder")
 
@@ -33,12 +36,11 @@ RETRY_AFTER_CAP_S = 3600.0
 _WATCH_S = 0.2
 _CLOCK_STEP_S = 2.0
 _BACKOFF_OUTCOMES = frozenset({Outcome.RATE_LIMITED, Outcome.SERVER})
-_LOUD_OUTCOMES = frozenset({Outcome.AUTH, Outcome.PAYMENT})
+_LOUD_OUTCOMES = frozenset({Outcome.AUTH, Outcome.PAYMENT, Outcome.UNSTORABLE})
 
 
-def gap_threshold(interval: float) -> float:
-    """Silence between successful polls longer than this is a gap in the record."""
-    return 3 * interval + 1.0
+class _Stopping(Exception):
+    """The recorder is stopping: the poll in flight is not recorded."""
 
 
 @dataclass
@@ -62,15 +64,21 @@ class Daemon:
         on_poll: Callable[[Recorded | None], None] | None = None,
         lease_ttl_s: float | None = None,
         wall_clock: Callable[[], float] = time.time,
+        abort: Callable[[], None] | None = None,
     ) -> None:
         """Prepare to poll every `interval` seconds; `on_poll` sees each tick's outcome.
 
         With `lease_ttl_s`, the daemon records only while it holds the target's lease: a second
-        daemon on the same target stands by, and takes over after that much silence.
+        daemon on the same target stands by, and takes over the moment the first one's process
+        lock is free (it stopped or died). `abort` cuts the poll in flight short on stop.
         """
         if interval <= 0:
             raise ValueError("the interval must be positive")
         self.pipeline = pipeline
+        self._source = pipeline.source
+        pipeline.source = self._poll  # a poll that returns after a stop request is not recorded
+        self.abort = abort
+        self.fatal: Exception | None = None  # why the daemon stopped on its own, if it did
         self.interval = interval
         self.monotonic = monotonic
         self.wall_clock = wall_clock
@@ -96,16 +104,18 @@ class Daemon:
         recorded: Recorded | None = None
         try:
             batch = self.pipeline.collect()
+        except _Stopping:
+            return None
         except LeaseLost as exc:
-            log.warning("stopped recording: %s; standing by", exc)
-            self.pipeline.pending.clear()  # the new holder records from now on
-            self.holding, self._standing_by = False, True
-        except SQLAlchemyError as exc:
+            self._lose(str(exc))
+        except DatabaseGone as exc:
+            self._stop_for(exc)
+        except Exception as exc:  # a write that fails must never stop the polling
             waiting = len(self.pipeline.pending)
             self._set_health(
                 "database",
                 f"cannot write to the database ({waiting} poll(s) kept, to be written in order "
-                f"when it is back): {one_line(exc)}",
+                f"when it is back): {_describe(exc)}",
             )
             self._report_dropped()
         else:
@@ -119,37 +129,64 @@ class Daemon:
             self.on_poll(recorded)
         return recorded
 
+    def _poll(self) -> PollResult:
+        result = self._source()
+        if STOP.requested:
+            raise _Stopping
+        return result
+
+    def _lose(self, why: str) -> None:
+        log.warning("stopped recording: %s; standing by", why)
+        self.pipeline.pending.clear()  # the new holder records from now on
+        self.holding, self._standing_by = False, True
+        if self._lease is not None:
+            self._lease.lock.release()  # let the holder have the lock too
+
+    def _stop_for(self, exc: Exception) -> None:
+        lost = len(self.pipeline.pending)
+        log.error("stopping: %s (%d poll(s) not written)", exc, lost)
+        self.fatal = exc
+        STOP.requested.append("database gone")
+
     def _hold(self) -> bool:
         """True when this daemon may record: it holds the lease, or just took it."""
-        if self.holding:
-            return True
-        assert self.lease_ttl_s is not None
         try:
-            if self._lease is None:
-                target_id = self.pipeline.attach(self.wall_clock())
-                self._lease = RecordingLease(
-                    self.pipeline.store.engine, target_id, self.lease_ttl_s, clock=self.wall_clock
-                )
-                self.pipeline.lease = self._lease
-            holding = self._lease.acquire()
-        except SQLAlchemyError as exc:
-            self._set_health("database", f"cannot reach the database: {one_line(exc)}")
-            return False
+            if self.holding:
+                if self._lease is None or self._lease.keep():
+                    return True
+                self._lose("another recorder holds the target's lock")
+                return False
+            return self._take()
+        except DatabaseGone as exc:
+            self._stop_for(exc)
+        except (SQLAlchemyError, OSError) as exc:
+            self._set_health("database", f"cannot reach the database: {_describe(exc)}")
+        return False
+
+    def _take(self) -> bool:
+        assert self.lease_ttl_s is not None
+        if self._lease is None:
+            target_id = self.pipeline.attach(self.wall_clock())
+            self._lease = RecordingLease(
+                self.pipeline.store.engine, target_id, self.lease_ttl_s, clock=self.wall_clock
+            )
+            self.pipeline.lease = self._lease
+        holding = self._lease.acquire()
         if not holding.acquired:
             if not self._standing_by:
                 log.warning(
-                    "standby: %s is recorded by %s (last sign of life %s ago); taking over "
-                    "after %s of silence",
+                    "standby: %s is recorded by %s (last poll %s ago); taking over when it stops",
                     self.pipeline.url,
                     holding.holder,
                     human_duration(holding.silent_s),
-                    human_duration(self.lease_ttl_s),
                 )
                 self._standing_by = True
             return False
         if holding.previous is not None:
             log.warning(
-                "took over %s from %s, silent too long", self.pipeline.url, holding.previous
+                "took over %s from %s, which is no longer running",
+                self.pipeline.url,
+                holding.previous,
             )
         elif self._standing_by:
             log.info("recording %s: the lease is free", self.pipeline.url)
@@ -176,8 +213,9 @@ class Daemon:
             self._lease.renew()
             self._last_write = self.monotonic()
         except LeaseLost as exc:
-            log.warning("stopped recording: %s; standing by", exc)
-            self.holding, self._standing_by = False, True
+            self._lose(str(exc))
+        except DatabaseGone as exc:
+            self._stop_for(exc)
         except SQLAlchemyError as exc:
             self._set_health("database", f"cannot write to the database: {one_line(exc)}")
 
@@ -186,8 +224,8 @@ class Daemon:
         if self._lease is not None and self.holding:
             try:
                 self._lease.release()
-            except SQLAlchemyError as exc:
-                log.warning("could not release the lease: %s", one_line(exc))
+            except (SQLAlchemyError, DatabaseGone) as exc:
+                log.warning("could not release the lease: %s", _describe(exc))
             self.holding = False
 
     def _after(self, recorded: Recorded) -> None:
@@ -242,13 +280,13 @@ class Daemon:
             log.info("vanished   %s", _describe_closed(closed))
 
     def run(self, stop_after: float | None = None) -> None:
-        """Poll until SIGINT or SIGTERM (or `stop_after` seconds); the poll in flight finishes.
+        """Poll until SIGINT, SIGTERM or SIGHUP (or `stop_after` seconds).
 
-        The signal handler only records the signal. Anything more inside a handler is unsafe:
-        it runs on the main thread between two bytecodes of the scheduler's loop, possibly while
-        that loop holds the very lock that shutting down needs (a deadlock), and an exception
-        raised there can leave a lock half-released. A monitor thread notices the request
-        within a fraction of a second and shuts the scheduler down from outside the handler.
+        A signal is only recorded by its handler (see recorder.stopping); a monitor thread
+        notices it within a fraction of a second, aborts the poll in flight (which is then not
+        recorded) and shuts the scheduler down from outside the handler. Writing stops after
+        the write in progress. A signal that came during start-up stops the daemon at once.
+        Raises the error that made the daemon stop on its own (the database file vanished).
         """
         polls = ThreadPoolExecutor(max_workers=1)
         scheduler = BlockingScheduler(executors={"default": polls}, timezone=UTC)
@@ -261,27 +299,21 @@ class Daemon:
             coalesce=True,
             misfire_grace_time=max(1, int(self.interval)),
         )
-        requested: list[str] = []
         done = threading.Event()
         monitor = threading.Thread(
-            target=_monitor, args=(scheduler, requested, done), name="recorder-monitor", daemon=True
+            target=_monitor,
+            args=(scheduler, self._on_stop, done),
+            name="recorder-monitor",
+            daemon=True,
         )
-        signals = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGALRM] if stop_after else [])
-        previous = {sig: signal.getsignal(sig) for sig in signals}
-
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            requested.append(signal.Signals(signum).name)  # no lock taken, nothing raised
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)  # a second signal acts as it normally would
-
-        for sig in signals:
-            signal.signal(sig, on_signal)
+        STOP.install((signal.SIGALRM,) if stop_after else ())
         if stop_after:
             signal.setitimer(signal.ITIMER_REAL, stop_after)
         monitor.start()
         try:
-            scheduler.start()
-            log.info("stopping (%s): finishing the poll in flight", ", ".join(requested))
+            if not STOP.requested:
+                scheduler.start()
+            log.info("stopping (%s): finishing the write in progress", ", ".join(STOP.requested))
             polls.shutdown(wait=True)
             self.release()
         finally:
@@ -289,13 +321,18 @@ class Daemon:
             monitor.join()
             if stop_after:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            STOP.uninstall()
+        if self.fatal is not None:
+            raise self.fatal
+
+    def _on_stop(self) -> None:
+        if self.abort is not None:
+            self.abort()
 
 
 def _monitor(
     scheduler: BlockingScheduler,
-    requested: list[str],
+    on_stop: Callable[[], None],
     done: threading.Event,
     steady_clock: Callable[[], SteadyClock] = SteadyClock,
 ) -> None:
@@ -305,10 +342,16 @@ def _monitor(
     hour for the next poll. Waiting here is on the monotonic clock, so a step shows as drift.
     """
     steady = steady_clock()
+    stopping = False
     while not done.wait(_WATCH_S):
-        if requested and scheduler.running:
-            scheduler.shutdown(wait=False)
-            return
+        if STOP.requested:
+            if not stopping:
+                on_stop()
+                stopping = True
+            if scheduler.running:
+                scheduler.shutdown(wait=False)
+                return
+            continue  # asked before the scheduler started: it may be starting right now
         drift = steady.drift()
         if abs(drift) > _CLOCK_STEP_S and scheduler.running:
             log.warning("the host clock stepped by %+.1fs; polling again now", drift)
@@ -343,6 +386,11 @@ def poll_once(
         return pipeline.poll_once()
     finally:
         lease.release()
+
+
+def _describe(exc: BaseException) -> str:
+    text = one_line(exc)
+    return text if isinstance(exc, SQLAlchemyError) else f"{type(exc).__name__}: {text}"
 
 
 def _describe_opened(event: Opened) -> str:

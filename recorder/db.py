@@ -13,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -22,8 +22,17 @@ ENV_DB = "RECORDER_DB"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
+# How long to wait for a PostgreSQL server to accept a connection: a host that is down must not
+# hold a poll (or a stop request) for the minutes a TCP connect can take.
+PG_CONNECT_TIMEOUT_S = 10
+
+
 class DatabaseError(Exception):
     """The database cannot be used as asked; the message says why, in one line."""
+
+
+class DatabaseGone(DatabaseError):
+    """The SQLite file was deleted or replaced while the recorder had it open."""
 
 
 def default_path() -> Path:
@@ -58,23 +67,74 @@ def describe_location(url: str) -> str:
     return masked(url)
 
 
-def create(url: str) -> Engine:
-    """An engine for `url`, with the settings the recorder relies on."""
+# The drivers the recorder is tested with, and how to write a URL for each.
+SUPPORTED_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql+psycopg")
+_SUPPORTED = "supported: sqlite:///PATH and postgresql+psycopg://USER@HOST/DB"
+
+
+def check_url(url: str) -> URL:
+    """`url` parsed, if it names a supported driver; else a DatabaseError saying which are."""
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise DatabaseError(f"not a database URL: {masked(url)}") from exc
+    except ArgumentError:
+        raise DatabaseError(f"not a database URL: {masked(url)} ({_SUPPORTED})") from None
+    if parsed.drivername not in SUPPORTED_DRIVERS:
+        raise DatabaseError(
+            f"unsupported database driver {parsed.drivername!r} in {masked(url)} ({_SUPPORTED})"
+        )
+    return parsed
+
+
+def create(url: str, *, readonly: bool = False) -> Engine:
+    """An engine for `url`, with the settings the recorder relies on.
+
+    A read-only engine never writes, never takes SQLite's write lock (its transactions are
+    plain deferred ones, so a long report never stalls the recording), and creates nothing: a
+    missing SQLite file is a DatabaseError.
+    """
+    parsed = check_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed)
-    # pre_ping: a restarted server's dead connections are replaced instead of failing a poll.
-    return create_engine(parsed, pool_pre_ping=True, future=True)
+        return _sqlite_reader(parsed) if readonly else _sqlite_engine(parsed)
+    connect_args: dict[str, Any] = {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    if readonly:
+        connect_args["options"] = "-c default_transaction_read_only=on"
+    try:
+        # pre_ping: a restarted server's dead connections are replaced instead of failing a poll.
+        return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+    except ImportError:
+        raise DatabaseError(
+            f"the {parsed.drivername} driver is not installed: pip install 'recorder[postgres]'"
+        ) from None
+
+
+def sqlite_path(url: URL) -> Path | None:
+    """The file behind a SQLite URL; None for an in-memory database."""
+    database = url.database or ""
+    if url.query.get("mode") == "memory" or database in ("", ":memory:"):
+        return None
+    if database.startswith("file:"):
+        database = database.removeprefix("file:").split("?")[0]
+        if database in ("", ":memory:"):
+            return None
+    return Path(database).expanduser().resolve()
+
+
+def require_file(url: str) -> None:
+    """Refuse a database that vanishes with its connection (SQLite in memory): nothing kept."""
+    parsed = check_url(url)
+    if parsed.get_backend_name() == "sqlite" and sqlite_path(parsed) is None:
+        raise DatabaseError(
+            f"{masked(url)} is an in-memory database, which keeps nothing once the recorder "
+            "stops (and each connection would see its own): give a file, sqlite:///PATH"
+        )
 
 
 def _sqlite_engine(url: URL) -> Engine:
-    database = url.database
-    if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    identity: list[os.stat_result] = []  # the file as first opened
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -86,12 +146,62 @@ def _sqlite_engine(url: URL) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
+        if path is not None and not identity:
+            identity.append(path.stat())
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
+        if identity:
+            _check_same_file(path, identity[0])
         # IMMEDIATE takes the write lock up front, so a busy database waits here (busy
         # timeout) rather than failing half-way through a poll's transaction.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _check_same_file(path: Path | None, first: os.stat_result) -> None:
+    """Writes to a deleted or replaced file would go into the void: stop them."""
+    assert path is not None
+    try:
+        now = path.stat()
+    except FileNotFoundError:
+        raise DatabaseGone(
+            f"the database file {path} was deleted; nothing more is written"
+        ) from None
+    except OSError as exc:
+        raise DatabaseGone(f"the database file {path} cannot be checked: {exc}") from None
+    if not os.path.samestat(now, first):
+        raise DatabaseGone(
+            f"the database file {path} was replaced by another file; nothing more is written "
+            "to either (restart the recorder to record into the new one)"
+        )
+
+
+def _sqlite_reader(url: URL) -> Engine:
+    path = sqlite_path(url)
+    if path is None:
+        raise DatabaseError(
+            f"{masked(url.render_as_string())} is an in-memory database: it holds nothing to read"
+        )
+    if not path.is_file():
+        raise DatabaseError(
+            f"no database at {path}: nothing has been recorded there (record with `recorder "
+            "run`, or pass --db / set RECORDER_DB to the database you mean)"
+        )
+    reader = make_url(f"sqlite:///file:{path}?mode=ro&uri=true")
+    engine = create_engine(reader, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        dbapi_connection.execute("PRAGMA query_only=ON")
+        dbapi_connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # Deferred: a read transaction sees one snapshot and never blocks the daemon's writes.
+        connection.exec_driver_sql("BEGIN")
 
     return engine
 
@@ -148,19 +258,62 @@ def check_not_newer(engine: Engine) -> None:
         )
 
 
-def open_database(url: str | None) -> Engine:
-    """Open the database, creating it or upgrading its schema as needed."""
-    engine = create(resolve_url(url))
+def open_database(url: str | None, *, adopt: bool = False) -> Engine:
+    """Open the database for writing, creating it or upgrading its schema as needed.
+
+    A database with tables of its own and no recorder schema is another program's: it is
+    refused unless `adopt` (`recorder db upgrade`) says to add the recorder's tables to it.
+    """
+    resolved = resolve_url(url)
+    engine = create(resolved)
     try:
-        if current_revision(engine) != head_revision():
+        current = current_revision(engine)
+        if current is None and not adopt and _has_tables(engine):
+            raise DatabaseError(
+                f"{describe_location(resolved)} is not a recorder database: it holds other "
+                "tables and no recorder schema. Pass the right --db, or run `recorder db "
+                "upgrade` on it to add the recorder's tables anyway"
+            )
+        if current != head_revision():
             upgrade(engine)
     except DatabaseError:
         engine.dispose()
         raise
     except Exception as exc:
         engine.dispose()
-        raise DatabaseError(f"cannot open {masked(resolve_url(url))}: {one_line(exc)}") from exc
+        raise DatabaseError(f"cannot open {masked(resolved)}: {one_line(exc)}") from exc
     return engine
+
+
+def open_readonly(url: str | None) -> Engine:
+    """Open an existing recorder database for reading only; create and change nothing."""
+    resolved = resolve_url(url)
+    engine = create(resolved, readonly=True)
+    where = describe_location(resolved)
+    try:
+        current = current_revision(engine)
+        if current is None:
+            raise DatabaseError(
+                f"{where} holds no recorder history (not a recorder database, or nothing was "
+                "recorded into it yet)"
+            )
+        check_not_newer(engine)
+        if current != head_revision():
+            raise DatabaseError(
+                f"{where} is at schema revision {current}, older than this recorder's "
+                f"({head_revision()}): run `recorder db upgrade` first (`recorder run` does it too)"
+            )
+    except DatabaseError:
+        engine.dispose()
+        raise
+    except Exception as exc:
+        engine.dispose()
+        raise DatabaseError(f"cannot read {masked(resolved)}: {one_line(exc)}") from exc
+    return engine
+
+
+def _has_tables(engine: Engine) -> bool:
+    return bool(inspect(engine).get_table_names())
 
 
 def one_line(exc: BaseException) -> str:

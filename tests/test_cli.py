@@ -132,6 +132,7 @@ def test_jobs_other_formats_list_every_job(
 
 
 def test_jobs_on_an_empty_database(runner: CliRunner, db_url: str) -> None:
+    invoke(runner, "--db", db_url, "db", "upgrade")
     assert invoke(runner, "--db", db_url, "jobs", "--format", "json").output == "[]\n"
 
 
