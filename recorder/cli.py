@@ -662,7 +662,12 @@ def quarantine(state: State, fmt: str | None, clear: bool) -> None:
 
     engine = state.engine() if clear else state.reader()
     rows = reports.quarantine(engine)
-    render(rows, fmt or default_format(), sys.stdout, reports.QUARANTINE_FIELDS)
+    fmt = fmt or default_format()
+    if fmt == "table":  # the poll itself is for files; people see how big it is
+        shown = [row | {"payload": f"{len(row['payload']):,} chars of JSON"} for row in rows]
+        render(shown, fmt, sys.stdout, reports.QUARANTINE_FIELDS)
+    else:
+        render(rows, fmt, sys.stdout, reports.QUARANTINE_FIELDS)
     if clear:
         deleted = clear_quarantine(engine, [row["id"] for row in rows])
         click.echo(f"cleared {deleted} quarantined poll(s)", err=True)
