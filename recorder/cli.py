@@ -401,11 +401,20 @@ def stats(
 @cli.command()
 @click.argument("query")
 @_format_option()
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=Seconds(0, DAY),
+    default=600.0,
+    show_default=True,
+    help="Stop the query after this many seconds (0: no limit); 30s, 5m also work.",
+)
 @pass_state
-def sql(state: State, query: str, fmt: str | None) -> None:
+def sql(state: State, query: str, fmt: str | None, timeout_s: float) -> None:
     """Run one read-only SQL query; the views job_history, poll_log and poll_gaps are for this.
 
-    A statement that would write is refused and changes nothing. See docs/sql.md.
+    A statement that would write is refused by the database and changes nothing, whatever
+    the text says. See docs/sql.md.
 
     Example:
 
@@ -415,7 +424,7 @@ def sql(state: State, query: str, fmt: str | None) -> None:
 
     engine = readonly.readonly_engine(state.reader())
     try:
-        with readonly.query(engine, query) as (columns, rows):
+        with readonly.query(engine, query, timeout_s or None) as (columns, rows):
             render(rows, fmt or default_format(), sys.stdout, columns)
     except readonly.QueryError as exc:
         raise click.ClickException(str(exc)) from None

@@ -35,7 +35,9 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["target_id"], ["targets.id"], name=op.f("fk_quarantine_target_id_targets")
         ),
-        sa.ForeignKeyConstraint(["poll_id"], ["polls.id"], name=op.f("fk_quarantine_poll_id_polls")),
+        sa.ForeignKeyConstraint(
+            ["poll_id"], ["polls.id"], name=op.f("fk_quarantine_poll_id_polls")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_quarantine")),
     )
     op.create_index("ix_quarantine_target", "quarantine", ["target_id"], unique=False)
