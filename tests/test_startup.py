@@ -209,3 +209,26 @@ def test_poll_expect_every_sets_the_cadence(runner: CliRunner, tmp_path: Path) -
     engine = db.open_readonly(url)
     assert _after_gap(Store(engine)) == [False, False, False]
     engine.dispose()
+
+
+def test_a_poll_into_a_read_only_database_says_so_in_one_line(
+    runner: CliRunner, db_url: str
+) -> None:
+    assert invoke(runner, "--db", db_url, "db", "upgrade").exit_code == 0
+    if db_url.startswith("sqlite"):
+        path = Path(db_url.removeprefix("sqlite:///"))
+        url = f"sqlite:///file:{path}?mode=ro&uri=true"
+    else:
+        engine = db.create(db_url)
+        with engine.connect() as conn:
+            name = conn.scalar(text("SELECT current_database()"))
+            conn.execute(text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'))
+            conn.commit()
+        engine.dispose()
+        url = db_url
+    config = SimConfig(seed=2, token=TOKEN, initial_jobs=1)
+    with Simulator(config) as sim:
+        result = invoke(runner, "--db", url, "poll", "--url", sim.url)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: cannot write to the database: ")
+    assert len(result.output.splitlines()) == 1
