@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -266,7 +268,7 @@ def open_database(url: str | None, *, adopt: bool = False) -> Engine:
     """
     resolved = resolve_url(url)
     engine = create(resolved)
-    try:
+    with _disposed_on_error(engine, f"cannot open {masked(resolved)}"):
         current = current_revision(engine)
         if current is None and not adopt and _has_tables(engine):
             raise DatabaseError(
@@ -276,12 +278,6 @@ def open_database(url: str | None, *, adopt: bool = False) -> Engine:
             )
         if current != head_revision():
             upgrade(engine)
-    except DatabaseError:
-        engine.dispose()
-        raise
-    except Exception as exc:
-        engine.dispose()
-        raise DatabaseError(f"cannot open {masked(resolved)}: {one_line(exc)}") from exc
     return engine
 
 
@@ -290,7 +286,7 @@ def open_readonly(url: str | None) -> Engine:
     resolved = resolve_url(url)
     engine = create(resolved, readonly=True)
     where = describe_location(resolved)
-    try:
+    with _disposed_on_error(engine, f"cannot read {masked(resolved)}"):
         current = current_revision(engine)
         if current is None:
             raise DatabaseError(
@@ -303,13 +299,20 @@ def open_readonly(url: str | None) -> Engine:
                 f"{where} is at schema revision {current}, older than this recorder's "
                 f"({head_revision()}): run `recorder db upgrade` first (`recorder run` does it too)"
             )
+    return engine
+
+
+@contextmanager
+def _disposed_on_error(engine: Engine, failing: str) -> Iterator[None]:
+    """Dispose of `engine` if the block fails; any failure becomes one DatabaseError line."""
+    try:
+        yield
     except DatabaseError:
         engine.dispose()
         raise
     except Exception as exc:
         engine.dispose()
-        raise DatabaseError(f"cannot read {masked(resolved)}: {one_line(exc)}") from exc
-    return engine
+        raise DatabaseError(f"{failing}: {one_line(exc)}") from exc
 
 
 def _has_tables(engine: Engine) -> bool:
