@@ -152,7 +152,7 @@ class Daemon:
         """True when this daemon may record: it holds the lease, or just took it."""
         try:
             if self.holding:
-                if self._lease is None or self._lease.keep():
+                if self._still_holding():
                     return True
                 self._lose("another recorder holds the target's lock")
                 return False
@@ -162,6 +162,16 @@ class Daemon:
         except (SQLAlchemyError, OSError) as exc:
             self._set_health("database", f"cannot reach the database: {_describe(exc)}")
         return False
+
+    def _still_holding(self) -> bool:
+        if self._lease is None:
+            return True
+        try:
+            return self._lease.keep()
+        except (SQLAlchemyError, OSError):
+            # The database is unreachable, so nobody can take the target over meanwhile: poll
+            # on, and let the polls wait in the buffer (the lease is checked as they are written).
+            return True
 
     def _take(self) -> bool:
         assert self.lease_ttl_s is not None
