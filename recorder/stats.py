@@ -22,16 +22,16 @@ Definitions (docs/stats.md has them for users):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, select, text
+from sqlalchemy import Connection, Engine, bindparam, func, select, text
 
 from recorder.clock import to_datetime
 from recorder.dialect import Dialect
-from recorder.models import JobStatus, Target, UTCDateTime, latest_ok_sql, ok_sql
+from recorder.models import Job, JobStatus, Target, UTCDateTime, latest_ok_sql, ok_sql
 
 GROUP_KEYS = ("type", "account", "hour", "day")
 TIME_KEYS = {"hour": 3600, "day": 86400}
@@ -119,10 +119,15 @@ def compute(engine: Engine, query: StatsQuery) -> Report:
         raise ValueError("each --by key may be given once")
     sql = _Sql(Dialect.of(engine), query)
     with engine.connect() as conn:
+        if sql.d.postgresql:
+            # One snapshot for every query, as SQLite's transaction gives: the percentiles'
+            # ranks come from one query and their values from others.
+            conn.execution_options(isolation_level="REPEATABLE READ")
         sql.target_id = _target_id(conn, query.target)
+        sql.covering = _covers_every_job(conn, query)
         groups = _Groups(query)
-        for row in conn.execute(sql.durations(), sql.params()):
-            groups.fill_durations(row._mapping)
+        for found in _durations(conn, sql):
+            groups.fill_durations(found)
         for row in conn.execute(sql.started(), sql.params()):
             groups.at(row._mapping).started = row.n
         for row in conn.execute(sql.running(), sql.params()):
@@ -144,6 +149,66 @@ def _target_id(conn: Connection, url: str | None) -> int | None:
     found = conn.scalar(select(Target.id).where(Target.url == url))
     if found is None:
         raise UnknownTarget(f"no target {url!r} in this database")
+    return found
+
+
+def _covers_every_job(conn: Connection, query: StatsQuery) -> bool:
+    """True when every job's start and end lie in the window (four index seeks).
+
+    Then the window's time conditions select every row: the queries scan the table instead of
+    visiting it row by row through a time index, and the percentiles may be read off the
+    ``(status, type, duration_s)`` index, which knows nothing of times.
+    """
+    first_start, last_start, first_end, last_end = conn.execute(
+        select(
+            select(func.min(Job.start_at)).scalar_subquery(),
+            select(func.max(Job.start_at)).scalar_subquery(),
+            select(func.min(Job.end_at)).scalar_subquery(),
+            select(func.max(Job.end_at)).scalar_subquery(),
+        )
+    ).one()
+    return all(
+        query.since <= first and last < query.until
+        for first, last in ((first_start, last_start), (first_end, last_end))
+        if first is not None and last is not None
+    )
+
+
+def _durations(conn: Connection, sql: _Sql) -> Iterator[Mapping[str, Any]]:
+    """Every group's duration figures: by index seeks where they can be, else by one sort."""
+    if not sql.seekable(conn):
+        for ranked in conn.execute(sql.durations(), sql.params()):
+            yield dict(ranked._mapping)
+        return
+    per_type = [dict(r._mapping) for r in conn.execute(sql.durations_by_type(), sql.params())]
+    if sql.plain_keys:
+        for row in per_type:
+            yield {**row, **_seek_percentiles(conn, sql, [row["k_type"]], row["n"])}
+        return
+    n = sum(row["n"] for row in per_type)
+    if n == 0:
+        return
+    yield {
+        "n": n,
+        "mean": sum(row["total"] for row in per_type) / n,
+        "max": max(row["max"] for row in per_type),
+        "wide": sum(int(row["wide"] or 0) for row in per_type),
+        **_seek_percentiles(conn, sql, [row["k_type"] for row in per_type], n),
+    }
+
+
+def _seek_percentiles(
+    conn: Connection, sql: _Sql, types: list[str | None], n: int
+) -> dict[str, float]:
+    """The nearest-rank percentiles of the finished jobs of `types` (n of them), each read at
+    its rank from the ``(status, type, duration_s)`` index, counted from the nearer end."""
+    found: dict[str, float] = {}
+    for p in PERCENTILES:
+        rank = (p * n + 99) // 100  # ceil(p * n / 100), in integers
+        if rank - 1 <= n - rank:
+            found[f"p{p}"] = conn.scalar(sql.seek(types, descending=False), {"skip": rank - 1})
+        else:
+            found[f"p{p}"] = conn.scalar(sql.seek(types, descending=True), {"skip": n - rank})
     return found
 
 
@@ -271,6 +336,7 @@ class _Sql:
         self.d = dialect
         self.q = query
         self.target_id: int | None = None
+        self.covering = False  # every job's start and end lie in the window
         self.time_key = next((k for k in query.by if k in TIME_KEYS), None)
         self.size = float(TIME_KEYS[self.time_key]) if self.time_key else None
         self.plain_keys = [k for k in query.by if k not in TIME_KEYS]
@@ -310,12 +376,72 @@ class _Sql:
         column = "j.status" if indexed else self.d.no_index("j.status")
         return f"{column} = '{status}'"
 
+    def _time(self, column: str) -> str:
+        """A time column compared with the window; kept off its index when the window holds
+        every job (a scan of the table beats visiting every row through the index)."""
+        return self.d.no_index(column) if self.covering else column
+
     def _finished_in_window(self) -> str:
         """SQL: job `j` is one of the window's ``finished`` jobs (it ended in the window)."""
+        end = self._time("j.end_at")
         return (
             f"{self._status(JobStatus.FINISHED, indexed=False)}"
-            f" AND j.end_at >= :since_ts AND j.end_at < :until_ts{self._target('j.target_id')}"
+            f" AND {end} >= :since_ts AND {end} < :until_ts{self._target('j.target_id')}"
         )
+
+    def seekable(self, conn: Connection) -> bool:
+        """True when the percentiles can be read off the ``(status, type, duration_s)`` index:
+        the groups are at most by type, and the window and --target select every finished job.
+
+        Grouped by time or account, a group's jobs are not a range of that index; and in a
+        window that is a part of the history, the window's jobs are found by their end (the
+        sort of a part is cheaper than walking the whole index past the jobs outside it).
+        """
+        if not self.covering or self.time_key is not None or self.plain_keys not in ([], ["type"]):
+            return False
+        if self.target_id is None:
+            return True
+        others = conn.execute(
+            text(f"""
+                SELECT 1 FROM targets t
+                WHERE t.id <> :target_id AND EXISTS (
+                    SELECT 1 FROM jobs j
+                    WHERE j.target_id = t.id AND {self._status(JobStatus.FINISHED)})
+                LIMIT 1
+            """),
+            {"target_id": self.target_id},
+        ).first()
+        return others is None
+
+    def durations_by_type(self) -> Any:
+        """The duration figures but the percentiles, per type (for the index seeks)."""
+        return self._text(f"""
+            SELECT j.type AS k_type, COUNT(*) AS n, SUM(j.duration_s) AS total,
+                   AVG(j.duration_s) AS mean, MAX(j.duration_s) AS max,
+                   SUM(CASE WHEN j.closed_across_gap THEN 1 ELSE 0 END) AS wide
+            FROM jobs j
+            WHERE {self._finished_in_window()}
+            GROUP BY j.type
+        """)
+
+    def seek(self, types: list[str | None], *, descending: bool) -> Any:
+        """The duration at offset ``:skip`` of the finished jobs of `types`, ascending or
+        descending: one index range per type, merged in order (SQLite's ordered compound
+        select, PostgreSQL's Merge Append), so no sort."""
+        arms, params = [], {}
+        for index, value in enumerate(types):
+            if value is None:
+                match = "j.type IS NULL"
+            else:
+                match = f"j.type = :type{index}"
+                params[f"type{index}"] = value
+            arms.append(
+                f"SELECT j.duration_s AS duration_s FROM jobs j"
+                f" WHERE {self._status(JobStatus.FINISHED)} AND {match}"
+            )
+        order = "DESC" if descending else "ASC"
+        sql = " UNION ALL ".join(arms)
+        return text(f"{sql} ORDER BY duration_s {order} LIMIT 1 OFFSET :skip").bindparams(**params)
 
     def _keys(self, time_column: str | None) -> tuple[str, str]:
         """SELECT expressions and their names for the grouping keys of jobs `j`."""
@@ -360,7 +486,8 @@ class _Sql:
         return self._text(f"""
             SELECT {exprs + ", " if exprs else ""}COUNT(*) AS n
             FROM jobs j
-            WHERE j.start_at >= :since_ts AND j.start_at < :until_ts {self._target("j.target_id")}
+            WHERE {self._time("j.start_at")} >= :since_ts AND {self._time("j.start_at")} < :until_ts
+                  {self._target("j.target_id")}
             {group}
         """)
 
@@ -393,14 +520,56 @@ class _Sql:
         """
 
     def concurrency(self) -> Any:
+        """Peak and total overlap per group and time bucket, from the jobs' intervals.
+
+        Each interval is clipped to the window, then cut at the bucket edges it crosses: its
+        first and last bucket are arithmetic (``floor(t / size)``), the buckets between them
+        come from a recursive step over the few intervals that cross an edge, so the cost is
+        that of the intervals and the buckets they span, never intervals times buckets. Each
+        piece opens (+1) and closes (-1) its bucket's level; the running sum of those, in time
+        order with closes first at the same instant (intervals are half-open), is the level,
+        and the peak its maximum within the group and bucket, exactly. The total overlap is
+        the sum of the pieces' lengths.
+        """
         d = self.d
+        keys = [f"k_{k}" for k in self.plain_keys]
         k_exprs = ", ".join(f"j.{k} AS k_{k}" for k in self.plain_keys)
-        k_names = ", ".join(f"k_{k}" for k in self.plain_keys)
-        k_iv = ", ".join(f"iv.k_{k}" for k in self.plain_keys)
+        k_names = ", ".join(keys)
         end = d.greatest(d.epoch("latest.t"), d.epoch("j.start_at"))
+        since, until, size = d.number("since_e"), d.number("until_e"), d.number("size")
+        if self.time_key is None:
+            pieces = f"""
+            pieces AS (
+                SELECT {pre(k_names)}{d.number("first_b0")} AS b0, s, e FROM clipped
+            )"""
+        else:
+            first, last = d.floor(f"s / {size}"), d.floor(f"e / {size}")
+            pieces = f"""
+            cut AS (
+                -- The bucket of s, one lower when the division rounded up to an edge above s;
+                -- the bucket of e may be one too many (an empty piece, dropped below).
+                SELECT {pre(k_names)}s, e,
+                       CASE WHEN {first} * {size} > s THEN {first} - 1 ELSE {first} END AS fb,
+                       {last} AS lb
+                FROM clipped
+            ),
+            crossing({pre(k_names)}s, e, b, lb) AS (
+                SELECT {pre(k_names)}s, e, fb + 1, lb FROM cut WHERE lb > fb
+                UNION ALL
+                SELECT {pre(k_names)}s, e, b + 1, lb FROM crossing WHERE b < lb
+            ),
+            whole AS (
+                SELECT {pre(k_names)}fb * {size} AS b0, s, e FROM cut
+                UNION ALL
+                SELECT {pre(k_names)}b * {size} AS b0, s, e FROM crossing
+            ),
+            pieces AS (
+                SELECT {pre(k_names)}b0, {d.greatest("s", "b0")} AS s,
+                       {d.least("e", f"b0 + {size}")} AS e
+                FROM whole
+            )"""
         return self._text(f"""
-            WITH RECURSIVE {self._spans()},
-            latest AS (
+            WITH RECURSIVE latest AS (
                 SELECT t.id AS target_id, p.received_at AS t
                 FROM targets t JOIN polls p ON p.id = {latest_ok_sql("t.id")}
             ),
@@ -409,7 +578,8 @@ class _Sql:
                 -- few running ones.
                 SELECT {pre(k_exprs)}{d.epoch("j.start_at")} AS s, {d.epoch("j.end_at")} AS e
                 FROM jobs j
-                WHERE {self._status(JobStatus.FINISHED, indexed=False)} AND j.end_at > :since_ts
+                WHERE {self._status(JobStatus.FINISHED, indexed=False)}
+                      AND {self._time("j.end_at")} > :since_ts
                       AND {self.d.no_index("j.start_at")} < :until_ts
                       {self._target("j.target_id")}
                 UNION ALL
@@ -419,15 +589,18 @@ class _Sql:
                       {self._target("j.target_id")}
             ),
             clipped AS (
-                SELECT {pre(k_iv)}spans.b0 AS b0, spans.hi - spans.lo AS span,
-                       {d.greatest("iv.s", "spans.lo")} - spans.lo AS s,
-                       {d.least("iv.e", "spans.hi")} - spans.lo AS e
-                FROM iv JOIN spans ON iv.s < spans.hi AND iv.e > spans.lo
-            ),
+                SELECT {pre(k_names)}s, e FROM (
+                    SELECT {pre(k_names)}{d.greatest("s", since)} AS s, {d.least("e", until)} AS e
+                    FROM iv
+                ) w
+                WHERE e > s
+            ),{pieces},
+            sides(d) AS (SELECT 1 UNION ALL SELECT -1),
             events AS (
-                SELECT {pre(k_names)}b0, span, s AS t, 1 AS d FROM clipped WHERE e > s
-                UNION ALL
-                SELECT {pre(k_names)}b0, span, e AS t, -1 AS d FROM clipped WHERE e > s
+                SELECT {pre(k_names)}b0, CASE WHEN sides.d = 1 THEN s ELSE e END AS t,
+                       sides.d AS d, CASE WHEN sides.d = 1 THEN e - s ELSE 0 END AS len
+                FROM pieces CROSS JOIN sides
+                WHERE e > s
             ),
             levels AS (
                 SELECT events.*,
@@ -435,7 +608,8 @@ class _Sql:
                                     ROWS UNBOUNDED PRECEDING) AS level
                 FROM events
             )
-            SELECT {pre(k_names)}b0, MAX(span) AS span, MAX(level) AS peak, -SUM(d * t) AS total
+            SELECT {pre(k_names)}b0, MAX(level) AS peak, SUM(len) AS total,
+                   {d.least(f"b0 + {size}", until)} - {d.greatest("b0", since)} AS span
             FROM levels GROUP BY {pre(k_names)}b0
         """)
 

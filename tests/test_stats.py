@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from datetime import UTC, datetime
@@ -10,14 +11,17 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import Engine
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, insert
 
-from recorder import db
+from recorder import db, stats
 from recorder.cli import cli
 from recorder.clock import to_datetime
+from recorder.models import Job, Poll, Target
 from recorder.output import human_duration, iso
 from tests import stats_model
-from tests.histories import T0, URL_A
+from tests.histories import T0, URL_A, URL_B
 
 WINDOWS = {
     "everything": (T0 - 1800, T0 + 6 * 3600),
@@ -240,10 +244,6 @@ def test_stats_on_an_empty_database(tmp_path: Path) -> None:
 
 def test_back_to_back_jobs_do_not_overlap(engine: Engine, db_url: str) -> None:
     """Intervals are half-open: a job ending as another starts never runs beside it."""
-    from sqlalchemy import insert
-
-    from recorder.models import Job, Poll, Target
-
     at = lambda s: to_datetime(T0 + s)  # noqa: E731
     with engine.begin() as conn:
         conn.execute(insert(Target).values(id=1, url=URL_A, created_at=at(0)))
@@ -271,3 +271,184 @@ def test_back_to_back_jobs_do_not_overlap(engine: Engine, db_url: str) -> None:
     assert group["peak_concurrency"] == 1
     assert group["mean_concurrency"] == pytest.approx(240 / 300, abs=1e-6)
     assert group["duration_s"]["p50"] == 90.0 and group["duration_s"]["max"] == 100.0
+
+
+def assert_report_is_the_truth(
+    report: stats.Report, truth: dict[tuple, stats_model.Truth], by: tuple[str, ...]
+) -> None:
+    """Every figure of every group of `report` is the brute-force model's."""
+    got = {
+        tuple(g.key[k].timestamp() if k in stats.TIME_KEYS else g.key[k] for k in by): g
+        for g in report.groups
+    }
+    assert set(got) == set(truth)
+    for key, expected in truth.items():
+        group = got[key]
+        assert group.since.timestamp() == pytest.approx(expected.since, abs=1e-6), key
+        assert group.until.timestamp() == pytest.approx(expected.until, abs=1e-6), key
+        assert group.finished == len(expected.durations), key
+        assert group.started == expected.started, key
+        assert group.running == expected.running, key
+        durations = group.duration
+        assert durations.count == len(expected.durations), key
+        assert durations.closed_across_gap == expected.wide, key
+        mean = sum(expected.durations) / len(expected.durations) if expected.durations else None
+        assert durations.mean == approx(mean), key
+        assert durations.max == max(expected.durations, default=None), key
+        for p in stats_model.PERCENTILES:
+            assert getattr(durations, f"p{p}") == expected.percentile(p), (key, p)
+        assert group.peak_concurrency == expected.peak(), key
+        assert group.mean_concurrency == pytest.approx(
+            expected.mean_concurrency(), rel=1e-9, abs=1e-9
+        ), key
+        assert group.coverage == approx(expected.coverage), key
+        assert group.gaps == expected.gaps, key
+        assert group.longest_gap_s == approx(expected.longest_gap), key
+        histogram = {lower: n for lower, _, n in group.histogram}
+        assert histogram == expected.histogram(), key
+
+
+DAY0 = T0 // 86400 * 86400  # midnight UTC before the history starts
+
+
+def near(t: float, lower: bool) -> st.SearchStrategy[float]:
+    """A time at or below `t` (else above it), within two days: on an hour's or a day's edge,
+    at a whole second, at any millisecond, or `t` itself."""
+    sign = -1 if lower else 1
+    return st.one_of(
+        st.integers(0 if lower else 1, 48).map(lambda h: (t // 3600 + sign * h) * 3600),
+        st.integers(0 if lower else 1, 2).map(lambda d: (t // 86400 + sign * d) * 86400),
+        st.integers(0 if lower else 1, 2 * 86400).map(lambda s: t + sign * s),
+        st.integers(0 if lower else 1, 2 * 86_400_000).map(lambda ms: t + sign * ms / 1000),
+    )
+
+
+groupings = st.one_of(
+    st.sampled_from([(), ("type",)]),  # the groupings whose percentiles may come from seeks
+    st.permutations(stats.GROUP_KEYS).flatmap(
+        lambda keys: st.integers(1, 3).map(lambda n: tuple(keys[:n]))
+    ),
+)
+
+
+def exact_time(ts: float) -> float:
+    """`ts` as the report receives it (a datetime holds microseconds)."""
+    return to_datetime(ts).timestamp()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data(), by=groupings, target=st.one_of(st.none(), st.sampled_from([URL_A, URL_B])))
+def test_every_figure_is_the_model_over_random_windows_and_groupings(
+    history: tuple, data: st.DataObject, by: tuple[str, ...], target: str | None
+) -> None:
+    """Random windows, aligned or not, some holding the whole history (the percentiles then
+    come from index seeks), a job's start or end as an edge; random groupings; a target or all."""
+    if len(set(by) & set(stats.TIME_KEYS)) > 1:
+        by = tuple(k for k in by if k != "day")  # one time key at most
+    url, jobs, polls = history
+    edges = sorted(
+        {j.start_at.timestamp() for j in jobs}
+        | {j.end_at.timestamp() for j in jobs if j.end_at is not None}
+    )
+    pick_edge = st.integers(0, len(edges) - 1).map(edges.__getitem__)
+    whole = data.draw(st.booleans(), label="whole history")
+    event(f"window holds every job: {whole}")
+    event(f"percentiles by index seeks: {whole and set(by) <= {'type'} and target is None}")
+    if whole:
+        since = data.draw(near(edges[0], lower=True), label="since")
+        until = data.draw(near(edges[-1], lower=False), label="until")
+    else:
+        since = data.draw(st.one_of(near(DAY0 + 86400, lower=True), pick_edge), label="since")
+        until = data.draw(
+            st.one_of(near(since, lower=False), pick_edge.map(lambda t: max(t, since + 1))),
+            label="until",
+        )
+    since, until = exact_time(since), exact_time(until)
+    now = exact_time(
+        data.draw(st.one_of(st.just(T0 + 86400 * 400), near(since, lower=False)), label="now")
+    )
+
+    engine = db.open_database(url)
+    try:
+        query = stats.StatsQuery(
+            to_datetime(since), to_datetime(until), to_datetime(now), by, target, histogram=True
+        )
+        report = stats.compute(engine, query)
+        with engine.connect() as conn:
+            target_ids = {row.url: row.id for row in conn.execute(Target.__table__.select()).all()}
+    finally:
+        engine.dispose()
+    if target is not None:
+        jobs = [j for j in jobs if j.target_id == target_ids[target]]
+        polls = [p for p in polls if p.target_id == target_ids[target]]
+    assert_report_is_the_truth(report, stats_model.compute(jobs, polls, since, until, now, by), by)
+
+
+def test_long_jobs_cut_at_every_bucket_they_span(engine: Engine) -> None:
+    """Jobs over many hours and days: each bucket's peak and mean, exactly the model's."""
+    at = lambda s: to_datetime(DAY0 + s)  # noqa: E731
+    intervals = [
+        (-3000.0, 3 * 86400 + 5.5),  # four days, from before the window to after it
+        (3600.0, 7200.0),  # exactly one hour bucket
+        (5000.25, 2 * 86400.0),  # ends on a day's edge
+        (7199.999, 7200.001),  # across an hour's edge by two milliseconds
+        (86400.0 - 1e-3, 86400.0 + 1e-3),
+        (3 * 3600.0, 30 * 3600.0),
+    ]
+    with engine.begin() as conn:
+        conn.execute(insert(Target).values(id=1, url=URL_A, created_at=at(-4000)))
+        poll = {"target_id": 1, "latency_s": 0.0, "outcome": "ok", "after_gap": False}
+        for n, t in enumerate((-4000, 0, 86400, 4 * 86400), start=1):
+            conn.execute(insert(Poll).values(id=n, sent_at=at(t), received_at=at(t), **poll))
+        for n, (start, end) in enumerate(intervals, start=1):
+            conn.execute(
+                insert(Job).values(
+                    target_id=1,
+                    api_id=f"job-{n}",
+                    type="video" if n % 2 else "image",
+                    account=f"a{n % 3}",
+                    status="finished",
+                    first_poll_id=1,
+                    last_poll_id=4,
+                    start_at=at(start),
+                    start_source="poll",
+                    end_at=at(end),
+                    duration_s=end - start,
+                    closed_across_gap=False,
+                )
+            )
+        conn.execute(  # still running: its interval ends at the latest poll
+            insert(Job).values(
+                target_id=1,
+                api_id="job-running",
+                type="video",
+                status="running",
+                first_poll_id=1,
+                last_poll_id=4,
+                start_at=at(-100),
+                start_source="poll",
+            )
+        )
+    jobs, polls = stats_model.load(engine)
+    now = DAY0 + 4 * 86400
+    for since, until in ((DAY0, DAY0 + 3 * 86400), (DAY0 + 1800.5, DAY0 + 2 * 86400 + 7)):
+        for by in (("hour",), ("day",), ("type", "hour"), ("account", "day"), ()):
+            query = stats.StatsQuery(
+                to_datetime(since), to_datetime(until), to_datetime(now), by, histogram=True
+            )
+            report = stats.compute(engine, query)
+            truth = stats_model.compute(jobs, polls, since, until, now, by)
+            assert_report_is_the_truth(report, truth, by)
+    whole = stats.StatsQuery(
+        to_datetime(DAY0 - 86400),
+        to_datetime(DAY0 + 5 * 86400),
+        to_datetime(now),
+        ("type",),
+        histogram=True,
+    )
+    truth = stats_model.compute(jobs, polls, DAY0 - 86400, DAY0 + 5 * 86400, now, ("type",))
+    for target in (None, URL_A):  # every job in the window: the percentiles come from seeks
+        report = stats.compute(engine, dataclasses.replace(whole, target=target))
+        assert_report_is_the_truth(report, truth, ("type",))
