@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, or_, select, text
+from sqlalchemy import Connection, Engine, func, select, text, union_all
 from sqlalchemy.orm import aliased
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.expression import UnaryExpression
 
 from recorder.dialect import Dialect
 from recorder.models import (
@@ -21,7 +23,7 @@ from recorder.models import (
     Target,
     failing_streak,
     latest_ok_id,
-    latest_ok_per_target,
+    succeeded,
 )
 from recorder.output import human_duration
 from recorder.snapshot import Outcome
@@ -70,9 +72,77 @@ class JobQuery:
 
 def jobs(engine: Engine, query: JobQuery = JobQuery()) -> Iterator[dict[str, Any]]:
     """Every matching job as a dict with the JOB_FIELDS keys, streamed."""
+    sqlite = Dialect.of(engine).sqlite
+    with engine.connect() as conn:
+        by_start = sqlite and _fewer_started_than_ended(conn, query)
+        stmt = _statement(query, sqlite=sqlite, by_start=by_start)
+        for row in conn.execution_options(yield_per=1000).execute(stmt):
+            job = dict(row._mapping)
+            for key in _DURATIONS:
+                if job[key] is not None:  # stored exactly; a millisecond is all that is meaningful
+                    job[key] = round(job[key], 3)
+            yield job
+
+
+def _statement(query: JobQuery, *, sqlite: bool, by_start: bool = False) -> Any:
+    """The SELECT of `jobs`: its filters, its order and its limit.
+
+    A job overlaps a window that starts at `since` when it is running or ended at `since` or
+    later. Written as one OR, that condition keeps SQLite off every index (a scan of all the
+    jobs); so the running jobs and the jobs ended since are two index ranges of their own,
+    disjoint (a running job has no end), each with every other filter, and a UNION ALL of the
+    two is ordered and limited as the one SELECT was: the same rows in the same order.
+
+    SQLite has no statistics to choose an index by: in the finished half it is kept on the range
+    `end_at >= since` (an equality on status would win otherwise, and read every finished
+    job), or with `by_start` on `start_at < until` (see _fewer_started_than_ended).
+    """
+    key, descending = _ordering(query.order)
+    if query.since is None:
+        stmt = _filtered(_listing(), query)
+        stmt = stmt.order_by(*_directed((key, Job.id), descending))
+    else:
+        # A half that the status filter empties is left out (but one half always remains).
+        halves = []
+        if query.status in (None, JobStatus.RUNNING):
+            halves.append(_filtered(_listing(key), query).where(Job.status == JobStatus.RUNNING))
+        if query.status != JobStatus.RUNNING:
+            # On SQLite, only the chosen time range may be read along an index.
+            end_at = _unindexed(Job.end_at) if sqlite and by_start else Job.end_at
+            ended = _filtered(
+                _listing(key),
+                query,
+                status_indexed=not sqlite,
+                start_indexed=not sqlite or by_start,
+            )
+            halves.append(ended.where(end_at >= query.since, Job.status != JobStatus.RUNNING))
+        both = (halves[0] if len(halves) == 1 else union_all(*halves)).subquery()
+        terms = (both.c.sort_key, both.c.row_id)
+        if sqlite:  # sorted after the ranges are read, not read in order along another index
+            terms = tuple(_unindexed(term) for term in terms)
+        stmt = select(*(both.c[name] for name in JOB_FIELDS)).order_by(
+            *_directed(terms, descending)
+        )
+    if query.limit is not None:
+        stmt = stmt.limit(query.limit)
+    return stmt
+
+
+def _listing(key: Any = None) -> Any:
+    """The JOB_FIELDS of every job, and with a sort key also that key and the job's row id
+    (named sort_key and row_id, to order a UNION ALL of listings by)."""
     first, last, latest = aliased(Poll), aliased(Poll), aliased(Poll)
-    latest_ok = latest_ok_per_target()
-    stmt = (
+    # Looked up only for a job that has no last poll (COALESCE stops at its first value), by an
+    # index seek, rather than each target's latest poll found for every listing by a scan.
+    latest_seen = (
+        select(latest.received_at)
+        .where(latest.target_id == Job.target_id, succeeded(latest))
+        .order_by(latest.id.desc())
+        .limit(1)
+        .correlate(Job)
+    )
+    extra = () if key is None else (key.label("sort_key"), Job.id.label("row_id"))
+    return (
         select(
             Job.api_id.label("id"),
             Job.type,
@@ -92,42 +162,61 @@ def jobs(engine: Engine, query: JobQuery = JobQuery()) -> Iterator[dict[str, Any
             Job.closed_across_gap,
             first.received_at.label("first_seen_at"),
             # While a job runs, the last poll that listed it is the latest successful one.
-            func.coalesce(last.received_at, latest.received_at).label("last_seen_at"),
+            func.coalesce(last.received_at, latest_seen.scalar_subquery()).label("last_seen_at"),
             Target.url.label("target"),
+            *extra,
         )
         .join(Target, Target.id == Job.target_id)
         .join(first, first.id == Job.first_poll_id)
         .outerjoin(last, last.id == Job.last_poll_id)
-        .outerjoin(latest_ok, latest_ok.c.target_id == Job.target_id)
-        .outerjoin(latest, latest.id == latest_ok.c.poll_id)
     )
-    stmt = _filtered(stmt, query).order_by(*_ordering(query.order))
-    if query.limit is not None:
-        stmt = stmt.limit(query.limit)
-    with engine.connect() as conn:
-        for row in conn.execution_options(yield_per=1000).execute(stmt):
-            job = dict(row._mapping)
-            for key in _DURATIONS:
-                if job[key] is not None:  # stored exactly; a millisecond is all that is meaningful
-                    job[key] = round(job[key], 3)
-            yield job
 
 
-def _filtered(stmt: Any, query: JobQuery) -> Any:
+def _filtered(
+    stmt: Any, query: JobQuery, *, status_indexed: bool = True, start_indexed: bool = True
+) -> Any:
+    """`stmt` with every filter of `query` but `since` (see _statement); on SQLite, without
+    `status_indexed` no index may serve the status, without `start_indexed` none `until`."""
     if query.status is not None:
-        stmt = stmt.where(Job.status == query.status)
+        status = Job.status if status_indexed else _unindexed(Job.status)
+        stmt = stmt.where(status == query.status)
     if query.types:
         stmt = stmt.where(Job.type.in_(query.types))
     if query.accounts:
         stmt = stmt.where(Job.account.in_(query.accounts))
     if query.until is not None:
-        stmt = stmt.where(Job.start_at < query.until)
-    if query.since is not None:
-        stmt = stmt.where(or_(Job.status == JobStatus.RUNNING, Job.end_at >= query.since))
+        start = Job.start_at if start_indexed else _unindexed(Job.start_at)
+        stmt = stmt.where(start < query.until)
     return stmt
 
 
-def _ordering(order: str) -> tuple[Any, ...]:
+def _unindexed(column: Any) -> Any:
+    """SQLite: `column` as a term no index may serve (a unary +, its documented way)."""
+    return UnaryExpression(column, operator=operators.custom_op("+"), type_=column.type)
+
+
+def _fewer_started_than_ended(conn: Connection, query: JobQuery) -> bool:
+    """Whether fewer jobs started before `until` than ended at `since` or later, by a guess
+    that takes the history (first start to last end, two index seeks) as uniform in time.
+
+    For SQLite, which has no statistics: a recent window is read by `end_at`, an old one by
+    `start_at`, rather than either one reading nearly every job.
+    """
+    if query.since is None or query.until is None:
+        return False
+    first, last = conn.execute(
+        select(
+            select(func.min(Job.start_at)).scalar_subquery(),
+            select(func.max(Job.end_at)).scalar_subquery(),
+        )
+    ).one()
+    if first is None or last is None:
+        return False
+    return bool(query.until - first < last - query.since)
+
+
+def _ordering(order: str) -> tuple[Any, bool]:
+    """The column that `order` sorts by, and whether descending."""
     name = order.removeprefix("-")
     column = {
         "started": Job.start_at,
@@ -137,9 +226,12 @@ def _ordering(order: str) -> tuple[Any, ...]:
     }.get(name)
     if column is None:
         raise ValueError(f"cannot order by {name!r}; choose from {', '.join(ORDERS)}")
-    if order.startswith("-"):
-        return (column.desc(), Job.id.desc())
-    return (column, Job.id)
+    return column, order.startswith("-")
+
+
+def _directed(columns: tuple[Any, ...], descending: bool) -> tuple[Any, ...]:
+    """The ORDER BY terms: `columns`, each descending or each ascending (ties by row id)."""
+    return tuple(column.desc() for column in columns) if descending else columns
 
 
 GAP_FIELDS = ("target", "started_at", "ended_at", "duration_s", "failed_polls", "ongoing")

@@ -1,16 +1,25 @@
-"""`recorder jobs` filters and orders, and `recorder gaps`, against the stored rows."""
+"""`recorder jobs` filters and orders, and `recorder gaps`, against the stored rows; `jobs`
+lists what it listed before its UNION ALL, from index ranges."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import re
 from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import aliased
 
+from recorder import db, reports
 from recorder.cli import cli
 from recorder.clock import to_datetime
+from recorder.models import Job, JobStatus, Poll, Target, latest_ok_per_target
 from recorder.output import iso
 from tests.histories import T0
 
@@ -117,3 +126,160 @@ def test_gaps_outside_the_window_are_left_out(history: tuple) -> None:
         cli, ["--db", url, "gaps", "--since", at(-7200), "--until", at(-3600), "--format", "json"]
     )
     assert json.loads(result.output) == []
+
+
+def _statement_before(query: reports.JobQuery) -> Any:
+    """`recorder jobs`' SELECT as it was before the UNION ALL: one OR for `since`."""
+    first, last, latest = aliased(Poll), aliased(Poll), aliased(Poll)
+    latest_ok = latest_ok_per_target()
+    stmt = (
+        select(
+            Job.api_id.label("id"),
+            Job.type,
+            Job.account,
+            Job.user_id,
+            Job.status,
+            Job.start_at.label("started_at"),
+            Job.start_min,
+            Job.start_max,
+            Job.start_source,
+            Job.end_at.label("ended_at"),
+            Job.end_min,
+            Job.end_max,
+            Job.duration_s,
+            Job.duration_min_s,
+            Job.duration_max_s,
+            Job.closed_across_gap,
+            first.received_at.label("first_seen_at"),
+            func.coalesce(last.received_at, latest.received_at).label("last_seen_at"),
+            Target.url.label("target"),
+        )
+        .join(Target, Target.id == Job.target_id)
+        .join(first, first.id == Job.first_poll_id)
+        .outerjoin(last, last.id == Job.last_poll_id)
+        .outerjoin(latest_ok, latest_ok.c.target_id == Job.target_id)
+        .outerjoin(latest, latest.id == latest_ok.c.poll_id)
+    )
+    if query.status is not None:
+        stmt = stmt.where(Job.status == query.status)
+    if query.types:
+        stmt = stmt.where(Job.type.in_(query.types))
+    if query.accounts:
+        stmt = stmt.where(Job.account.in_(query.accounts))
+    if query.until is not None:
+        stmt = stmt.where(Job.start_at < query.until)
+    if query.since is not None:
+        stmt = stmt.where(or_(Job.status == JobStatus.RUNNING, Job.end_at >= query.since))
+    column = {
+        "started": Job.start_at,
+        "ended": Job.end_at,
+        "duration": Job.duration_s,
+        "id": Job.api_id,
+    }[query.order.removeprefix("-")]
+    if query.order.startswith("-"):
+        stmt = stmt.order_by(column.desc(), Job.id.desc())
+    else:
+        stmt = stmt.order_by(column, Job.id)
+    return stmt if query.limit is None else stmt.limit(query.limit)
+
+
+def test_jobs_lists_the_same_rows_in_the_same_order_as_before_the_union(history: tuple) -> None:
+    url, jobs, _ = history
+    assert {j.status for j in jobs} == {"running", "finished"}
+    engine = db.create(url)
+    moments = [None, T0 - 3600, T0 + 3600, T0 + 3 * 3600, T0 + 6 * 3600]
+    orders = [sign + name for name in reports.ORDERS for sign in ("", "-")]
+    filters: list[dict[str, Any]] = [
+        {},
+        {"types": ("video",)},
+        {"accounts": ("alice@example.com",)},
+        {"types": ("image", "video"), "accounts": ("alice@example.com", "render-farm@example.org")},
+    ]
+    queries = [
+        reports.JobQuery(
+            status=status,
+            since=None if since is None else to_datetime(since),
+            until=None if until is None else to_datetime(until),
+            limit=limit,
+            order=order,
+            **filters[k % len(filters)],
+        )
+        for k, (since, until, status, order, limit) in enumerate(
+            itertools.product(
+                moments,
+                [None, T0 + 3900, T0 + 4 * 3600],
+                [None, "running", "finished"],
+                orders,
+                [None, 7],
+            )
+        )
+    ]
+    found_running = found_finished = 0
+    try:
+        for query in queries:
+            with engine.connect() as conn:
+                before = [dict(row._mapping) for row in conn.execute(_statement_before(query))]
+            for row in before:
+                for key in ("duration_s", "duration_min_s", "duration_max_s"):
+                    if row[key] is not None:
+                        row[key] = round(row[key], 3)
+            assert list(reports.jobs(engine, query)) == before, query
+            found_running += sum(row["status"] == "running" for row in before)
+            found_finished += sum(row["status"] == "finished" for row in before)
+    finally:
+        engine.dispose()
+    assert found_running and found_finished
+
+
+@pytest.mark.parametrize(
+    ("until", "status", "by_start", "finished_by"),
+    [
+        (None, None, False, "ix_jobs_end_at (end_at>?)"),
+        (3600.0, None, False, "ix_jobs_end_at (end_at>?)"),
+        (3600.0, None, True, "ix_jobs_start_at (start_at<?)"),
+        (None, "finished", False, "ix_jobs_end_at (end_at>?)"),
+        (3600.0, "finished", True, "ix_jobs_start_at (start_at<?)"),
+    ],
+)
+def test_jobs_since_reads_index_ranges_on_sqlite(
+    tmp_path: Path, until: float | None, status: str | None, by_start: bool, finished_by: str
+) -> None:
+    """Running jobs by status, finished ones by one time range: no scan of every job (an OR
+    made one), and no finished job read by its status (which would read all of them)."""
+    engine = db.open_database(f"sqlite:///{tmp_path / 'plan.db'}")
+    query = reports.JobQuery(
+        status=status,
+        since=to_datetime(T0),
+        until=None if until is None else to_datetime(T0 + until),
+        types=("video",),
+    )
+    stmt = reports._statement(query, sqlite=True, by_start=by_start)
+    compiled = stmt.compile(engine, compile_kwargs={"literal_binds": True})
+    with engine.connect() as conn:
+        plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")]
+    engine.dispose()
+    steps = [step for step in plan if re.match(r"(SCAN|SEARCH) jobs\b", step)]
+    assert not any(step.startswith("SCAN jobs") for step in steps), plan
+    assert [step for step in steps if "status=?" in step] == (
+        []
+        if status
+        else ["SEARCH jobs USING INDEX ix_jobs_status_type_duration (status=? AND type=?)"]
+    ), plan
+    assert [step for step in steps if "status=?" not in step] == [
+        f"SEARCH jobs USING INDEX {finished_by}"
+    ], plan
+
+
+def test_an_old_window_is_read_by_start_and_a_recent_one_by_end(history: tuple) -> None:
+    url, _, _ = history
+    engine = db.create(url)
+    try:
+        with engine.connect() as conn:
+            guess = partial(reports._fewer_started_than_ended, conn)
+            window = partial(reports.JobQuery, types=("video",))
+            assert guess(window(since=to_datetime(T0), until=to_datetime(T0 + 600)))
+            recent = window(since=to_datetime(T0 + 4 * 3600), until=to_datetime(T0 + 5 * 3600))
+            assert not guess(recent)
+            assert not guess(window(since=to_datetime(T0)))  # no `until`: by end
+    finally:
+        engine.dispose()

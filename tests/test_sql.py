@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import Connection, select, text
 
 from recorder import db
 from recorder.cli import cli
@@ -121,3 +121,103 @@ def test_a_bad_query_gets_one_clear_line(recorded: str) -> None:
     assert re.search(r"no such column: nope|column \"nope\" does not exist", output)
     assert output.count("\n") == 1
     assert "Traceback" not in output
+
+
+def job_history_0002(sqlite: bool) -> str:
+    """The view job_history as migration 0002 defined it (inner joins), verbatim."""
+
+    def iso(column: str) -> str:
+        return f"strftime('%Y-%m-%dT%H:%M:%fZ', {column}, 'unixepoch')" if sqlite else column
+
+    def text_time(column: str, unit: str) -> str:
+        if sqlite:
+            fmt = {"day": "%Y-%m-%d", "hour": "%Y-%m-%dT%H"}[unit]
+            return f"strftime('{fmt}', {column}, 'unixepoch')"
+        fmt = {"day": "YYYY-MM-DD", "hour": 'YYYY-MM-DD"T"HH24'}[unit]
+        return f"to_char({column} AT TIME ZONE 'UTC', '{fmt}')"
+
+    return f"""
+        SELECT
+            j.api_id AS id,
+            j.type AS type,
+            j.account AS account,
+            j.user_id AS user_id,
+            j.status AS status,
+            {iso("j.start_at")} AS started_at,
+            {iso("j.end_at")} AS ended_at,
+            j.duration_s AS duration_s,
+            j.duration_min_s AS duration_min_s,
+            j.duration_max_s AS duration_max_s,
+            j.closed_across_gap AS closed_across_gap,
+            {iso("j.start_min")} AS start_min,
+            {iso("j.start_max")} AS start_max,
+            j.start_source AS start_source,
+            {iso("j.end_min")} AS end_min,
+            {iso("j.end_max")} AS end_max,
+            {iso("fp.received_at")} AS first_seen_at,
+            {text_time("j.start_at", "day")} AS started_day,
+            {text_time("j.end_at", "day")} AS ended_day,
+            {text_time("j.end_at", "hour")} AS ended_hour,
+            t.url AS target
+        FROM jobs j
+        JOIN targets t ON t.id = j.target_id
+        JOIN polls fp ON fp.id = j.first_poll_id
+    """
+
+
+def view_columns(conn: Connection, name: str) -> list[tuple[object, ...]]:
+    """A view's columns in order: name and declared type (SQLite) or type (PostgreSQL)."""
+    if conn.dialect.name == "sqlite":
+        schema = "temp" if name.startswith("old_") else "main"
+        rows = conn.exec_driver_sql(f"PRAGMA {schema}.table_info({name})")
+        return [(row[1], row[2]) for row in rows]
+    rows = conn.execute(
+        text(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = CAST(:name AS regclass) AND attnum > 0 ORDER BY attnum"
+        ),
+        {"name": name},
+    )
+    return [tuple(row) for row in rows]
+
+
+def test_job_history_is_what_it_was_before_0006(recorded: str) -> None:
+    """Migration 0006 rewrote the view's joins: the same columns, types and rows as 0002's."""
+    engine = db.create(recorded)
+    try:
+        with engine.connect() as conn:
+            sqlite = conn.dialect.name == "sqlite"
+            conn.exec_driver_sql(f"CREATE TEMP VIEW old_job_history AS {job_history_0002(sqlite)}")
+            assert view_columns(conn, "job_history") == view_columns(conn, "old_job_history")
+            assert len(view_columns(conn, "job_history")) == 21
+            now = conn.execute(text("SELECT * FROM job_history")).all()
+            before = conn.execute(text("SELECT * FROM old_job_history")).all()
+            conn.rollback()
+    finally:
+        engine.dispose()
+    assert len(now) == len(before) > 100
+    assert sorted(now, key=repr) == sorted(before, key=repr)
+
+
+AGGREGATE = "SELECT type, count(*), avg(duration_s) FROM job_history GROUP BY type"
+
+
+def test_a_query_of_job_history_reads_only_jobs_when_it_needs_no_more(recorded: str) -> None:
+    """No join to targets or polls for a query that reads neither target nor first_seen_at."""
+    engine = db.create(recorded)
+    try:
+        with engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {AGGREGATE}")]
+                steps = [step for step in plan if step.startswith(("SCAN", "SEARCH"))]
+                assert len(steps) == 1 and steps[0].startswith("SCAN j "), plan
+            else:
+                plan = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN {AGGREGATE}")]
+                assert not re.search(r"\b(targets|polls)\b", "\n".join(plan)), plan
+                assert re.search(r"\bjobs\b", "\n".join(plan)), plan
+            both = conn.exec_driver_sql(
+                "SELECT target, first_seen_at FROM job_history ORDER BY id, target"
+            ).all()
+    finally:
+        engine.dispose()
+    assert all(target and first_seen for target, first_seen in both)
