@@ -46,6 +46,7 @@ SIZES = {
         "days": 2,
         "daemon_s": 5,
         "prune_days": 2,
+        "startup_runs": 3,
     },
     "full": {
         "in_flight": (10, 1_000, 10_000),
@@ -54,6 +55,7 @@ SIZES = {
         "days": 30,
         "daemon_s": 300,
         "prune_days": 1200,
+        "startup_runs": 10,
     },
 }
 PAGE = 4096  # SQLite's default page size
@@ -266,6 +268,34 @@ def bench_prune(url: str, days: int) -> dict[str, Any]:
     }
 
 
+def bench_startup(url: str, runs: int) -> dict[str, Any]:
+    """A command's fixed cost: the best wall time of `runs` fresh `python -m recorder` processes.
+
+    `python` alone is the interpreter's own start-up, included in every other figure; the
+    reports run on a small recorded database (at the newest schema), so their queries are cheap
+    and what remains is start-up: imports, opening the database, checking its schema.
+    """
+    engine = db.open_database(url)
+    fill(engine, 1_000, 1)
+    engine.dispose()
+    recorder = [sys.executable, "-m", "recorder"]
+    commands = {
+        "python": [sys.executable, "-c", "pass"],
+        "help": [*recorder, "--help"],
+        "jobs_limit_1": [*recorder, "--db", url, "jobs", "--limit", "1", "--format", "json"],
+        "stats_24h": [*recorder, "--db", url, "stats", "--format", "json"],
+    }
+    env = {k: v for k, v in os.environ.items() if k != "RECORDER_DB"}
+
+    def run(command: list[str]) -> None:
+        subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+
+    return {"runs": runs} | {
+        f"{name}_s": round(timed(lambda c=command: run(c), runs), 3)  # type: ignore[misc]
+        for name, command in commands.items()
+    }
+
+
 def main() -> None:
     """Run everything for one size on SQLite (and PostgreSQL when given), print, write JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -281,6 +311,8 @@ def main() -> None:
         "size": args.size,
     }
     with tempfile.TemporaryDirectory() as tmp:
+        results["startup"] = bench_startup(f"sqlite:///{tmp}/startup.db", size["startup_runs"])
+        print("startup", json.dumps(results["startup"]), flush=True)
         backends = {"sqlite": lambda name: f"sqlite:///{tmp}/{name}.db"}
         if args.postgres:
             backends["postgresql"] = lambda name: args.postgres

@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING
 
 import click
 from click.decorators import FC
-from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from recorder import __version__, db
 from recorder.config import DEFAULT_INTERVAL_S, DEFAULT_URL, ENV_TOKEN, ConfigError, load_token
@@ -24,7 +22,11 @@ from recorder.params import DATABASE_URL, DAY, HOUR, JOB_KIND, WHEN, Number, Sec
 from recorder.stopping import STOP
 from recorder.timespec import When
 
+# What a command needs is imported inside it: `recorder --help` and a report load only their own
+# share (tests/test_startup_imports.py), and no report loads Alembic.
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from recorder.client import SchedulerClient
     from recorder.pipeline import Pipeline
     from recorder.simulator import JobKind
@@ -234,6 +236,8 @@ def poll(
 
         USEAPI_TOKEN=... recorder poll --expect-every 60s
     """
+    from sqlalchemy.exc import SQLAlchemyError
+
     from recorder.daemon import TargetBusy, poll_once
     from recorder.snapshot import Failure
 

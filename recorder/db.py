@@ -8,18 +8,27 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import platformdirs
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, inspect
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from sqlalchemy import Engine
+    from sqlalchemy.engine import URL
+
+# SQLAlchemy and Alembic are imported by the functions that use them, not here: `recorder
+# --help` needs neither (SQLAlchemy's import is most of a command's start-up), and a database
+# at HEAD_REVISION, as every report and every recording after the first finds it, needs no
+# Alembic. tests/test_startup_imports.py checks what each command imports.
 
 ENV_DB = "RECORDER_DB"
+# The newest schema revision, known without reading the migration scripts (importing Alembic
+# and loading its scripts would cost a report more than its query). A database at this
+# revision needs no migration; any other revision is judged by the scripts themselves.
+# tests/test_startup_imports.py checks it against Alembic's head: a new migration updates it.
+HEAD_REVISION = "0006"
+VERSION_TABLE = "alembic_version"
 # How long SQLite waits for another writer's lock before it gives up.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -52,6 +61,9 @@ def resolve_url(url: str | None) -> str:
 
 def masked(url: str) -> str:
     """The URL with any password replaced by ***, fit for logs and messages."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
@@ -60,6 +72,9 @@ def masked(url: str) -> str:
 
 def describe_location(url: str) -> str:
     """Where a database URL points: the absolute file for SQLite, else the masked URL."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -76,6 +91,9 @@ _SUPPORTED = "supported: sqlite:///PATH and postgresql+psycopg://USER@HOST/DB"
 
 def check_url(url: str) -> URL:
     """`url` parsed, if it names a supported driver; else a DatabaseError saying which are."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -94,6 +112,8 @@ def create(url: str, *, readonly: bool = False) -> Engine:
     plain deferred ones, so a long report never stalls the recording), and creates nothing: a
     missing SQLite file is a DatabaseError.
     """
+    from sqlalchemy import create_engine
+
     parsed = check_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_reader(parsed) if readonly else _sqlite_engine(parsed)
@@ -132,6 +152,8 @@ def require_file(url: str) -> None:
 
 
 def _sqlite_engine(url: URL) -> Engine:
+    from sqlalchemy import create_engine, event
+
     path = sqlite_path(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -181,6 +203,9 @@ def _check_same_file(path: Path | None, first: os.stat_result) -> None:
 
 
 def _sqlite_reader(url: URL) -> Engine:
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.engine import make_url
+
     path = sqlite_path(url)
     if path is None:
         raise DatabaseError(
@@ -218,6 +243,8 @@ def migrations_path() -> Path:
 
 def alembic_config(engine: Engine | None = None) -> Config:
     """An Alembic config that needs no alembic.ini in the working directory."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(migrations_path()))
     if engine is not None:
@@ -226,7 +253,9 @@ def alembic_config(engine: Engine | None = None) -> Config:
 
 
 def head_revision() -> str:
-    """The newest schema revision this recorder knows."""
+    """The newest schema revision this recorder knows, read from its migration scripts."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     if head is None:
         raise DatabaseError("the recorder's migrations are missing")
@@ -234,13 +263,28 @@ def head_revision() -> str:
 
 
 def current_revision(engine: Engine) -> str | None:
-    """The schema revision the database is at (None for a new database)."""
+    """The schema revision the database is at (None for a new database).
+
+    Read as Alembic reads it (`MigrationContext.get_current_revision`), without loading Alembic.
+    """
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        if not connection.dialect.has_table(connection, VERSION_TABLE):
+            return None
+        heads = connection.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").all()
+    if len(heads) > 1:
+        from alembic.util import CommandError
+
+        raise CommandError(
+            f"Version table '{VERSION_TABLE}' has more than one head present; "
+            "please use get_current_heads()"
+        )
+    return str(heads[0][0]) if heads else None
 
 
 def upgrade(engine: Engine) -> None:
     """Apply every migration the database lacks."""
+    from alembic import command
+
     check_not_newer(engine)
     command.upgrade(alembic_config(engine), "head")
 
@@ -248,8 +292,10 @@ def upgrade(engine: Engine) -> None:
 def check_not_newer(engine: Engine) -> None:
     """Refuse a database written by a newer recorder, whose schema we do not know."""
     current = current_revision(engine)
-    if current is None:
+    if current is None or current == HEAD_REVISION:
         return
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(alembic_config())
     known = {rev.revision for rev in script.walk_revisions()}
     if current not in known:
@@ -276,7 +322,8 @@ def open_database(url: str | None, *, adopt: bool = False) -> Engine:
                 "tables and no recorder schema. Pass the right --db, or run `recorder db "
                 "upgrade` on it to add the recorder's tables anyway"
             )
-        if current != head_revision():
+        # Only a database not at HEAD_REVISION loads the migration scripts (and Alembic).
+        if current != HEAD_REVISION and current != head_revision():
             upgrade(engine)
     return engine
 
@@ -293,12 +340,14 @@ def open_readonly(url: str | None) -> Engine:
                 f"{where} holds no recorder history (not a recorder database, or nothing was "
                 "recorded into it yet)"
             )
-        check_not_newer(engine)
-        if current != head_revision():
-            raise DatabaseError(
-                f"{where} is at schema revision {current}, older than this recorder's "
-                f"({head_revision()}): run `recorder db upgrade` first (`recorder run` does it too)"
-            )
+        if current != HEAD_REVISION:  # only then are the migration scripts read
+            check_not_newer(engine)
+            head = head_revision()
+            if current != head:
+                raise DatabaseError(
+                    f"{where} is at schema revision {current}, older than this recorder's "
+                    f"({head}): run `recorder db upgrade` first (`recorder run` does it too)"
+                )
     return engine
 
 
@@ -316,6 +365,8 @@ def _disposed_on_error(engine: Engine, failing: str) -> Iterator[None]:
 
 
 def _has_tables(engine: Engine) -> bool:
+    from sqlalchemy import inspect
+
     return bool(inspect(engine).get_table_names())
 
 
