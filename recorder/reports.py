@@ -103,7 +103,7 @@ def _statement(query: JobQuery, *, sqlite: bool, by_start: bool = False) -> Any:
         stmt = stmt.order_by(*_directed((key, Job.id), descending))
     else:
         # A half that the status filter empties is left out (but one half always remains).
-        halves = []
+        halves: list[Any] = []  # Any: mypy 2.4 crashes inferring union_all's generic type
         if query.status in (None, JobStatus.RUNNING):
             halves.append(_filtered(_listing(key), query).where(Job.status == JobStatus.RUNNING))
         if query.status != JobStatus.RUNNING:
@@ -116,7 +116,8 @@ def _statement(query: JobQuery, *, sqlite: bool, by_start: bool = False) -> Any:
                 start_indexed=not sqlite or by_start,
             )
             halves.append(ended.where(end_at >= query.since, Job.status != JobStatus.RUNNING))
-        both = (halves[0] if len(halves) == 1 else union_all(*halves)).subquery()
+        combined: Any = halves[0] if len(halves) == 1 else union_all(*halves)
+        both = combined.subquery()
         terms = (both.c.sort_key, both.c.row_id)
         if sqlite:  # sorted after the ranges are read, not read in order along another index
             terms = tuple(_unindexed(term) for term in terms)
