@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
 
 import platformdirs
 
@@ -135,7 +136,8 @@ def sqlite_path(url: URL) -> Path | None:
     if url.query.get("mode") == "memory" or database in ("", ":memory:"):
         return None
     if database.startswith("file:"):
-        database = database.removeprefix("file:").split("?")[0]
+        # A URI filename: SQLite decodes its %-escapes, so the file is the decoded path.
+        database = unquote(database.removeprefix("file:").split("?")[0])
         if database in ("", ":memory:"):
             return None
     return Path(database).expanduser().resolve()
@@ -204,7 +206,7 @@ def _check_same_file(path: Path | None, first: os.stat_result) -> None:
 
 def _sqlite_reader(url: URL) -> Engine:
     from sqlalchemy import create_engine, event
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import URL
 
     path = sqlite_path(url)
     if path is None:
@@ -216,7 +218,11 @@ def _sqlite_reader(url: URL) -> Engine:
             f"no database at {path}: nothing has been recorded there (record with `recorder "
             "run`, or pass --db / set RECORDER_DB to the database you mean)"
         )
-    reader = make_url(f"sqlite:///file:{path}?mode=ro&uri=true")
+    # A URI: `#`, `?` and `%` in the path must be escaped, or SQLite opens another file (built
+    # with URL.create: a URL string would have its escapes decoded again).
+    reader = URL.create(
+        "sqlite", database=f"file:{quote(str(path))}", query={"mode": "ro", "uri": "true"}
+    )
     engine = create_engine(reader, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")

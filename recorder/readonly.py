@@ -25,18 +25,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from itertools import chain
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import sqlparse
 from sqlalchemy import Connection, Engine, create_engine
-from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 from sqlparse import lexer, tokens
 
-from recorder.db import SQLITE_BUSY_TIMEOUT_MS, one_line
+from recorder.db import SQLITE_BUSY_TIMEOUT_MS, one_line, sqlite_path
 
 # A runaway query (a cross join over millions of jobs) is stopped after this long.
 DEFAULT_TIMEOUT_S = 600.0
@@ -68,7 +66,10 @@ def readonly_engine(engine: Engine) -> Engine:
 
 
 def _sqlite_engine(engine: Engine) -> Engine:
-    uri = f"file:{quote(str(_sqlite_file(engine.url)))}?mode=ro"
+    path = sqlite_path(engine.url)
+    if path is None:  # pragma: no cover (open_readonly refuses an in-memory database first)
+        raise QueryError("an in-memory database holds nothing to query")
+    uri = f"file:{quote(str(path))}?mode=ro"
 
     def connect() -> sqlite3.Connection:
         conn = sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
@@ -77,14 +78,6 @@ def _sqlite_engine(engine: Engine) -> Engine:
         return conn
 
     return create_engine("sqlite://", creator=connect, poolclass=NullPool)
-
-
-def _sqlite_file(url: URL) -> Path:
-    """The file behind a SQLite URL, also when it is already a URI (file:PATH?mode=ro)."""
-    database = url.database or ""
-    if database.startswith("file:"):
-        database = database.removeprefix("file:").split("?")[0]
-    return Path(database).expanduser().resolve()
 
 
 def _authorize(action: int, _name: str | None, argument: str | None, *_rest: Any) -> int:

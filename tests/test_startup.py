@@ -232,3 +232,19 @@ def test_a_poll_into_a_read_only_database_says_so_in_one_line(
     assert result.exit_code == 1
     assert result.output.startswith("Error: cannot write to the database: ")
     assert len(result.output.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", READ_COMMANDS, ids=lambda c: c[0])
+def test_a_read_command_opens_a_path_with_uri_characters(
+    runner: CliRunner, tmp_path: Path, command: list[str]
+) -> None:
+    # Read-only opening goes through a SQLite URI, where `#` starts a fragment and `%` an
+    # escape: unescaped, `a#b/…` opened (and created) the file `a`, read-write.
+    folder = tmp_path / "a#b"
+    folder.mkdir()
+    url = f"sqlite:///{folder / 'x %2 y.db'}"
+    assert invoke(runner, "--db", url, "db", "upgrade").exit_code == 0
+    result = invoke(runner, "--db", url, *command, "--format", "json")
+    assert result.exit_code in (0, 1), result.output  # status exits 1: no target yet
+    assert "Error" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a#b"]
