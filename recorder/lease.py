@@ -32,6 +32,7 @@ from sqlalchemy import Connection, Engine, delete, func, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from recorder.clock import to_datetime
+from recorder.db import sqlite_path
 from recorder.dialect import Dialect
 from recorder.models import Lease, Poll
 
@@ -189,10 +190,9 @@ def process_lock(engine: Engine, target_id: int) -> ProcessLock:
     """The OS-held lock for one target of the database behind `engine`."""
     if Dialect.of(engine).postgresql:
         return AdvisoryLock(engine, target_id)
-    database = engine.url.database
-    if not database or database == ":memory:" or engine.url.query.get("mode") == "memory":
+    path = sqlite_path(engine.url)
+    if path is None:
         return NoLock()
-    path = Path(database.removeprefix("file:").split("?")[0]).expanduser()
     return FileLock(path.with_name(f"{path.name}.target-{target_id}.lock"))
 
 
