@@ -12,6 +12,9 @@ Tables (see docs/schema.md):
   transitions, every past list can be rebuilt exactly.
 * ``quarantine``: a poll the database would not take although it took others, kept whole;
   the history counts it as a failed poll (outcome ``unstorable``).
+* ``rollup_hours`` and ``rollup_peaks``: the finished jobs summed per hour (recorder.rollups),
+  kept in step with ``jobs`` by the transaction that changes a job, so that reports over long
+  windows read an hour's figures instead of its jobs.
 
 Beside the tables are the facts about their rows that every query shares, each written once: a
 job's status values (`JobStatus`), a transition's kinds (`TransitionKind`), what a successful
@@ -62,6 +65,13 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+# A finished job whose interval is longer than a day stays out of the concurrency rollups (one
+# bad start time must not write a row per hour since 1970); reports find these few jobs by a
+# partial index and compute the hours they span exactly.
+LONG_JOB_S = 86400
+LONG_JOB_SQLITE = f"status = 'finished' AND end_at - start_at > {LONG_JOB_S}"
+LONG_JOB_POSTGRESQL = f"status = 'finished' AND end_at - start_at > interval '{LONG_JOB_S} seconds'"
 
 # SQLite only makes an INTEGER PRIMARY KEY an alias of the rowid (cheap and auto-increment).
 Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -212,6 +222,13 @@ class Job(Base):
         Index("ix_jobs_first_poll", "first_poll_id"),
         Index("ix_jobs_last_poll", "last_poll_id"),
         Index("ix_jobs_status_type_duration", "status", "type", "duration_s"),
+        # The few finished jobs too long for the concurrency rollups (recorder.rollups).
+        Index(
+            "ix_jobs_long",
+            "end_at",
+            sqlite_where=text(LONG_JOB_SQLITE),
+            postgresql_where=text(LONG_JOB_POSTGRESQL),
+        ),
     )
 
 
@@ -279,6 +296,48 @@ class Quarantine(Base):
     payload: Mapped[str] = mapped_column(Text)
 
     __table_args__ = (Index("ix_quarantine_target", "target_id"),)
+
+
+class RollupHour(Base):
+    """The finished jobs of one target, type and account, summed over one UTC hour."""
+
+    __tablename__ = "rollup_hours"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    hour: Mapped[int] = mapped_column(Integer)  # floor(epoch seconds / 3600)
+    target_id: Mapped[int] = mapped_column(ForeignKey("targets.id"))
+    type: Mapped[str | None] = mapped_column(String)
+    account: Mapped[str | None] = mapped_column(String)
+    finished: Mapped[int] = mapped_column(Integer)  # jobs that ended in the hour
+    timed: Mapped[int] = mapped_column(Integer)  # of those, with a known duration
+    duration_sum: Mapped[float] = mapped_column(Double)
+    duration_max: Mapped[float | None] = mapped_column(Double)
+    wide: Mapped[int] = mapped_column(Integer)  # of those, closed across a gap
+    started: Mapped[int] = mapped_column(Integer)  # finished jobs that started in the hour
+    busy_s: Mapped[float] = mapped_column(Double)  # their intervals' time within the hour
+
+    __table_args__ = (Index("ix_rollup_hours_hour", "hour"),)
+
+
+class RollupPeak(Base):
+    """The most finished jobs in flight at once in one UTC hour, for one grouping's group.
+
+    `scope` says which of target, type and account the group is by (bits 1, 2, 4); the other
+    key columns are then null. A peak of a union is not the sum of its parts' peaks, so each
+    grouping the reports offer has its own rows.
+    """
+
+    __tablename__ = "rollup_peaks"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    scope: Mapped[int] = mapped_column(SmallInteger)
+    hour: Mapped[int] = mapped_column(Integer)
+    target_id: Mapped[int | None] = mapped_column(ForeignKey("targets.id"))
+    type: Mapped[str | None] = mapped_column(String)
+    account: Mapped[str | None] = mapped_column(String)
+    peak: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_rollup_peaks_scope_hour", "scope", "hour"),)
 
 
 # Which polls count, as SQLAlchemy expressions and, for the hand-written report SQL, as text.

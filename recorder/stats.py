@@ -22,13 +22,14 @@ Definitions (docs/stats.md has them for users):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, select, text
 
+from recorder import rollups
 from recorder.clock import to_datetime
 from recorder.dialect import Dialect
 from recorder.models import Job, JobStatus, Target, UTCDateTime, latest_ok_sql, ok_sql
@@ -125,22 +126,119 @@ def compute(engine: Engine, query: StatsQuery) -> Report:
             conn.execution_options(isolation_level="REPEATABLE READ")
         sql.target_id = _target_id(conn, query.target)
         sql.covering = _covers_every_job(conn, query)
+        split = _Split.of(conn, sql)
         groups = _Groups(query)
-        for found in _durations(conn, sql):
+        for found in _durations(conn, sql, split):
             groups.fill_durations(found)
-        for row in conn.execute(sql.started(), sql.params()):
-            groups.at(row._mapping).started = row.n
+        for part, params in _parts(sql, split.edges):
+            for row in conn.execute(part.started(), params):
+                groups.at(row._mapping).started += row.n
+        if split.hours is not None:
+            params = sql.hour_params(split.hours)
+            for row in conn.execute(sql.rollup_counts(), params):
+                if row.started:
+                    groups.at(row._mapping).started += int(row.started)
+            for row in conn.execute(sql.started(JobStatus.RUNNING), params):
+                groups.at(row._mapping).started += row.n
         for row in conn.execute(sql.running(), sql.params()):
             groups.add_running(row._mapping)
-        for row in conn.execute(sql.concurrency(), sql.params()):
-            group = groups.at(row._mapping)
-            group.peak_concurrency = int(row.peak or 0)
-            group.mean_concurrency = float(row.total or 0.0) / float(row.span)
+        _concurrency(conn, sql, split, groups)
         groups.set_coverage(list(conn.execute(sql.coverage(), sql.params())))
         if query.histogram:
             for row in conn.execute(sql.histogram(), sql.params()):
                 groups.add_bin(row._mapping)
     return Report(query.since, query.until, query.by, groups.ordered())
+
+
+@dataclass(frozen=True, slots=True)
+class _Split:
+    """The window cut into what the rollups answer and what is computed from the jobs.
+
+    `hours` are the whole UTC hours of the window, ``(first, end)``; `edges` the parts of the
+    window before and after them (the whole window when it holds no whole hour). Concurrency
+    also needs the hours that running jobs and long jobs span computed exactly, since the
+    rollups hold neither: `exact_hours` are those, and `rollup_hours` the rest of `hours`.
+    """
+
+    hours: tuple[int, int] | None
+    edges: list[tuple[float, float]]
+    exact_hours: list[tuple[int, int]]
+    rollup_hours: list[tuple[int, int]]
+
+    @staticmethod
+    def of(conn: Connection, sql: _Sql) -> _Split:
+        """The split of `sql`'s window."""
+        since, until = sql.q.since.timestamp(), sql.q.until.timestamp()
+        first, end = math.ceil(since / rollups.HOUR), math.floor(until / rollups.HOUR)
+        if first >= end:
+            return _Split(None, [(since, until)], [], [])
+        edges = [
+            (lo, hi)
+            for lo, hi in ((since, first * rollups.HOUR), (end * rollups.HOUR, until))
+            if lo < hi
+        ]
+        exact = _merge(
+            (max(first, lo), min(end, hi)) for lo, hi in sql.unrolled_hours(conn, first, end)
+        )
+        rolled, at = [], first
+        for lo, hi in exact:
+            if at < lo:
+                rolled.append((at, lo))
+            at = hi
+        if at < end:
+            rolled.append((at, end))
+        return _Split((first, end), edges, exact, rolled)
+
+
+def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Hour ranges ``[lo, hi)`` merged where they touch; past 16 of them, their hull (the
+    hull is computed exactly too, only slower)."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(r for r in ranges if r[0] < r[1]):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    if len(merged) > 16:
+        return [(merged[0][0], merged[-1][1])]
+    return merged
+
+
+def _parts(sql: _Sql, windows: Iterable[tuple[float, float]]) -> Iterator[tuple[_Sql, Any]]:
+    """The report's SQL for a part of its window, with that part's parameters."""
+    for lo, hi in windows:
+        part = _Sql(sql.d, replace(sql.q, since=to_datetime(lo), until=to_datetime(hi)))
+        part.target_id = sql.target_id
+        yield part, part.params()
+
+
+def _concurrency(conn: Connection, sql: _Sql, split: _Split, groups: _Groups) -> None:
+    """Each group's peak and mean concurrency: the rollups' whole hours, and the jobs' own
+    intervals in the rest of the window."""
+    peaks: dict[int, int] = {}
+    totals: dict[int, float] = {}
+
+    def add(row: Any, peak: Any, total: Any) -> None:
+        group = groups.at(row._mapping)
+        peaks[id(group)] = max(peaks.get(id(group), 0), int(peak or 0))
+        totals[id(group)] = totals.get(id(group), 0.0) + float(total or 0.0)
+
+    hours = split.exact_hours
+    windows = split.edges + [(lo * rollups.HOUR, hi * rollups.HOUR) for lo, hi in hours]
+    for part, params in _parts(sql, windows):
+        for row in conn.execute(part.concurrency(), params):
+            add(row, row.peak, row.total)
+    if split.rollup_hours:
+        params = sql.ranges_params(split.rollup_hours)
+        for row in conn.execute(sql.rollup_busy(len(split.rollup_hours)), params):
+            add(row, 0, row.busy)
+        for row in conn.execute(sql.rollup_peaks(len(split.rollup_hours)), params):
+            add(row, row.peak, 0.0)
+    for group in groups.groups.values():
+        if id(group) in totals:
+            group.peak_concurrency = peaks[id(group)]
+            span = (group.until - group.since).total_seconds()
+            group.mean_concurrency = totals[id(group)] / span
 
 
 def _target_id(conn: Connection, url: str | None) -> int | None:
@@ -174,26 +272,45 @@ def _covers_every_job(conn: Connection, query: StatsQuery) -> bool:
     )
 
 
-def _durations(conn: Connection, sql: _Sql) -> Iterator[Mapping[str, Any]]:
-    """Every group's duration figures: by index seeks where they can be, else by one sort."""
+def _durations(conn: Connection, sql: _Sql, split: _Split) -> Iterator[Mapping[str, Any]]:
+    """Every group's duration figures: by index seeks and rollups where they can be, else by
+    one sort of the window's durations."""
     if not sql.seekable(conn):
         for ranked in conn.execute(sql.durations(), sql.params()):
             yield dict(ranked._mapping)
         return
-    per_type = [dict(r._mapping) for r in conn.execute(sql.durations_by_type(), sql.params())]
+    per_type: dict[Any, dict[str, Any]] = {}
+    found = [(sql.rollup_counts(), sql.hour_params(split.hours))] if split.hours else []
+    found += [(part.durations_by_type(), params) for part, params in _parts(sql, split.edges)]
+    for query, params in found:
+        for part in conn.execute(query, params):
+            into = per_type.setdefault(
+                part.k_type,
+                {"k_type": part.k_type, "n": 0, "timed": 0, "total": 0.0, "max": None, "wide": 0},
+            )
+            into["n"] += int(part.n or 0)
+            into["timed"] += int(part.timed or 0)
+            into["total"] += float(part.total or 0.0)
+            into["wide"] += int(part.wide or 0)
+            if part.max is not None:
+                into["max"] = part.max if into["max"] is None else max(into["max"], part.max)
+    counted = [row for row in per_type.values() if row["n"] > 0]
+    for row in counted:
+        row["mean"] = row["total"] / row["timed"] if row["timed"] else None
     if sql.plain_keys:
-        for row in per_type:
+        for row in counted:
             yield {**row, **_seek_percentiles(conn, sql, [row["k_type"]], row["n"])}
         return
-    n = sum(row["n"] for row in per_type)
+    n = sum(row["n"] for row in counted)
     if n == 0:
         return
+    timed = sum(row["timed"] for row in counted)
     yield {
         "n": n,
-        "mean": sum(row["total"] for row in per_type) / n,
-        "max": max(row["max"] for row in per_type),
-        "wide": sum(int(row["wide"] or 0) for row in per_type),
-        **_seek_percentiles(conn, sql, [row["k_type"] for row in per_type], n),
+        "mean": sum(row["total"] for row in counted) / timed if timed else None,
+        "max": max((row["max"] for row in counted if row["max"] is not None), default=None),
+        "wide": sum(row["wide"] for row in counted),
+        **_seek_percentiles(conn, sql, [row["k_type"] for row in counted], n),
     }
 
 
@@ -416,8 +533,8 @@ class _Sql:
     def durations_by_type(self) -> Any:
         """The duration figures but the percentiles, per type (for the index seeks)."""
         return self._text(f"""
-            SELECT j.type AS k_type, COUNT(*) AS n, SUM(j.duration_s) AS total,
-                   AVG(j.duration_s) AS mean, MAX(j.duration_s) AS max,
+            SELECT j.type AS k_type, COUNT(*) AS n, COUNT(j.duration_s) AS timed,
+                   SUM(j.duration_s) AS total, MAX(j.duration_s) AS max,
                    SUM(CASE WHEN j.closed_across_gap THEN 1 ELSE 0 END) AS wide
             FROM jobs j
             WHERE {self._finished_in_window()}
@@ -480,16 +597,98 @@ class _Sql:
             FROM ranked {group}
         """)
 
-    def started(self) -> Any:
+    def started(self, status: JobStatus | None = None) -> Any:
+        """Jobs (of `status`, or all) that started in the window, per group."""
         exprs, names = self._keys("j.start_at")
         group = f"GROUP BY {names}" if names else ""
+        only = "" if status is None else f" AND {self._status(status)}"
         return self._text(f"""
             SELECT {exprs + ", " if exprs else ""}COUNT(*) AS n
             FROM jobs j
             WHERE {self._time("j.start_at")} >= :since_ts AND {self._time("j.start_at")} < :until_ts
-                  {self._target("j.target_id")}
+                  {self._target("j.target_id")}{only}
             {group}
         """)
+
+    # The rollups (recorder.rollups): whole hours, summed per group and time bucket.
+
+    def hour_params(self, hours: tuple[int, int]) -> dict[str, Any]:
+        """The parameters for hours ``[first, end)`` as the window (and as a rollup range)."""
+        lo, hi = (to_datetime(h * rollups.HOUR) for h in hours)
+        return {**self.params(), "since_ts": lo, "until_ts": hi, "h0_0": hours[0], "h1_0": hours[1]}
+
+    def ranges_params(self, ranges: Sequence[tuple[int, int]]) -> dict[str, Any]:
+        """The parameters for rollup hour ranges ``[lo, hi)``."""
+        params = self.params()
+        for index, (lo, hi) in enumerate(ranges):
+            params |= {f"h0_{index}": lo, f"h1_{index}": hi}
+        params["scope"] = rollups.scope_of(
+            self.target_id is not None, "type" in self.plain_keys, "account" in self.plain_keys
+        )
+        return params
+
+    def _rollup(self, alias: str, ranges: int) -> tuple[str, str, str]:
+        """SELECT keys, the WHERE on `ranges` hour ranges, and the GROUP BY, for a rollup."""
+        exprs = [f"{alias}.{k} AS k_{k}" for k in self.plain_keys]
+        names = [f"k_{k}" for k in self.plain_keys]
+        if self.size is not None:
+            size = int(self.size)
+            b0 = self.d.floor(f"{alias}.hour * {rollups.HOUR}.0 / {size}")
+            exprs.append(f"{b0} * {size} AS b0")
+            names.append("b0")
+        within = " OR ".join(
+            f"({alias}.hour >= :h0_{i} AND {alias}.hour < :h1_{i})" for i in range(ranges)
+        )
+        group = f"GROUP BY {', '.join(names)}" if names else ""
+        return pre(", ".join(exprs)), f"({within}){self._target(f'{alias}.target_id')}", group
+
+    def rollup_counts(self) -> Any:
+        """The finished and started jobs of whole hours, per group: from rollup_hours."""
+        keys, where, group = self._rollup("r", 1)
+        return text(f"""
+            SELECT {keys}r.type AS k_type, SUM(r.finished) AS n, SUM(r.timed) AS timed,
+                   SUM(r.duration_sum) AS total, MAX(r.duration_max) AS max,
+                   SUM(r.wide) AS wide, SUM(r.started) AS started
+            FROM rollup_hours r WHERE {where}
+            {group}{", r.type" if group else "GROUP BY r.type"}
+        """)
+
+    def rollup_busy(self, ranges: int) -> Any:
+        """The finished jobs' total time in flight in whole hours, per group."""
+        keys, where, group = self._rollup("r", ranges)
+        return text(f"SELECT {keys}SUM(r.busy_s) AS busy FROM rollup_hours r WHERE {where} {group}")
+
+    def rollup_peaks(self, ranges: int) -> Any:
+        """The most finished jobs in flight at once in whole hours, per group."""
+        keys, where, group = self._rollup("p", ranges)
+        return text(f"""
+            SELECT {keys}MAX(p.peak) AS peak FROM rollup_peaks p
+            WHERE p.scope = :scope AND {where} {group}
+        """)
+
+    def unrolled_hours(self, conn: Connection, first: int, end: int) -> list[tuple[int, int]]:
+        """The hours from `first` to `end` that running jobs and long jobs span, which the
+        rollups leave out; a running job is taken to run until `end`."""
+        d = self.d
+        hours = self.hour_params((first, end))
+        found = []
+        for row in conn.execute(
+            self._text(f"""
+                SELECT {d.epoch("j.start_at")} AS s, {d.epoch("j.end_at")} AS e FROM jobs j
+                WHERE {rollups.long_job_sql(d)} AND j.end_at > :since_ts
+                      AND {d.no_index("j.start_at")} < :until_ts{self._target("j.target_id")}
+                UNION ALL
+                SELECT MIN({d.epoch("j.start_at")}), NULL FROM jobs j
+                WHERE {self._status(JobStatus.RUNNING)} AND j.start_at < :until_ts
+                      {self._target("j.target_id")}
+                HAVING COUNT(*) > 0
+            """),
+            hours,
+        ):
+            lo = rollups.hour_of(float(row.s))
+            hi = end if row.e is None else math.ceil(float(row.e) / rollups.HOUR)
+            found.append((lo, hi))
+        return found
 
     def running(self) -> Any:
         exprs = ", ".join(f"j.{k} AS k_{k}" for k in self.plain_keys)

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
+from recorder import rollups
 from recorder.clock import EARLIEST, LATEST, storable, to_datetime
 from recorder.inference import (
     Bounded,
@@ -291,6 +292,9 @@ def _write_changes(
     transitions = [
         {"job_id": job_ids[e.job.api_id], "kind": TransitionKind.APPEARED} for e in change.opened
     ]
+    # A reappearing job withdraws what it added to the rollups: its hours, read while it is
+    # still finished, are recomputed below with the jobs that closed.
+    hours = rollups.refresh_jobs(conn, [job_ids[e.job.api_id] for e in change.reopened])
     for reopened in change.reopened:
         job_id = job_ids[reopened.job.api_id]
         conn.execute(update(Job).where(Job.id == job_id).values(**_REOPEN))
@@ -300,6 +304,8 @@ def _write_changes(
         values = _close(closed, last_ok_poll_id, columns)
         conn.execute(update(Job).where(Job.id == job_id).values(**values))
         transitions.append({"job_id": job_id, "kind": TransitionKind.VANISHED})
+    hours |= rollups.refresh_jobs(conn, [job_ids[e.api_id] for e in change.closed])
+    rollups.refresh(conn, hours)
     if transitions:
         conn.execute(insert(Transition), [t | {"poll_id": poll_id} for t in transitions])
 
