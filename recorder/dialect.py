@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Connection, Engine
@@ -58,6 +58,22 @@ class Dialect:
         statistics its autovacuum keeps, and needs no hint.
         """
         return f"+{column}" if self.sqlite else column
+
+    def indexed_by(self, index: str) -> str:
+        """After a table in FROM: read it through `index` (SQLite, whose planner without
+        statistics prefers a wider index to a partial one that fits; PostgreSQL chooses well)."""
+        return f" INDEXED BY {index}" if self.sqlite else ""
+
+    def end_day(self, alias: str) -> str:
+        """The UTC day a job ended, as the index ``ix_jobs_finished_day`` has it: days since
+        the epoch on SQLite, a date on PostgreSQL (whose epoch extraction is not immutable)."""
+        if self.sqlite:
+            return f"CAST({alias}.end_at / 86400 AS INTEGER)"
+        return f"(({alias}.end_at AT TIME ZONE 'UTC')::date)"
+
+    def day_value(self, day: int) -> int | date:
+        """Days since the epoch as `end_day` compares it."""
+        return day if self.sqlite else date(1970, 1, 1) + timedelta(days=day)
 
     def greatest(self, a: str, b: str) -> str:
         """The larger of two values."""

@@ -30,9 +30,17 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, func, select, text
 
 from recorder import rollups
-from recorder.clock import to_datetime
+from recorder.clock import LATEST, to_datetime
 from recorder.dialect import Dialect
-from recorder.models import Job, JobStatus, Target, UTCDateTime, latest_ok_sql, ok_sql
+from recorder.models import (
+    LONG_JOB_S,
+    Job,
+    JobStatus,
+    Target,
+    UTCDateTime,
+    latest_ok_sql,
+    ok_sql,
+)
 
 GROUP_KEYS = ("type", "account", "hour", "day")
 TIME_KEYS = {"hour": 3600, "day": 86400}
@@ -275,6 +283,9 @@ def _covers_every_job(conn: Connection, query: StatsQuery) -> bool:
 def _durations(conn: Connection, sql: _Sql, split: _Split) -> Iterator[Mapping[str, Any]]:
     """Every group's duration figures: by index seeks and rollups where they can be, else by
     one sort of the window's durations."""
+    if split.hours is not None and sql.day_seekable(conn):
+        yield from _durations_by_day(conn, sql, split.hours)
+        return
     if not sql.seekable(conn):
         for ranked in conn.execute(sql.durations(), sql.params()):
             yield dict(ranked._mapping)
@@ -312,6 +323,58 @@ def _durations(conn: Connection, sql: _Sql, split: _Split) -> Iterator[Mapping[s
         "wide": sum(row["wide"] for row in counted),
         **_seek_percentiles(conn, sql, [row["k_type"] for row in counted], n),
     }
+
+
+def _durations_by_day(
+    conn: Connection, sql: _Sql, hours: tuple[int, int]
+) -> Iterator[Mapping[str, Any]]:
+    """Per UTC day: whole days from the rollups and the ``(end day, duration_s)`` index, the
+    partial days at the window's edges by a sort of their own jobs."""
+    first_day, end_day = math.ceil(hours[0] / 24), hours[1] // 24
+    if first_day >= end_day:
+        parts = [(sql.q.since.timestamp(), sql.q.until.timestamp())]
+    else:
+        day = 86400
+        parts = [
+            (sql.q.since.timestamp(), first_day * day),
+            (end_day * day, sql.q.until.timestamp()),
+        ]
+        per_day: dict[float, dict[str, Any]] = {}
+        params = sql.hour_params((first_day * 24, end_day * 24))
+        for part in conn.execute(sql.rollup_counts(), params):
+            into = per_day.setdefault(
+                float(part.b0), {"b0": part.b0, "n": 0, "timed": 0, "total": 0.0, "wide": 0}
+            )
+            into["n"] += int(part.n or 0)
+            into["timed"] += int(part.timed or 0)
+            into["total"] += float(part.total or 0.0)
+            into["wide"] += int(part.wide or 0)
+            if part.max is not None:
+                into["max"] = max(into.get("max", part.max), part.max)
+        for b0, row in per_day.items():
+            if row["n"] == 0:
+                continue
+            row["mean"] = row["total"] / row["timed"] if row["timed"] else None
+            row.setdefault("max", None)
+            yield {**row, **_seek_day_percentiles(conn, sql, round(b0 / day), row["n"])}
+    for edge, params in _parts(sql, ((lo, hi) for lo, hi in parts if lo < hi)):
+        for ranked in conn.execute(edge.durations(), params):
+            yield dict(ranked._mapping)
+
+
+def _seek_day_percentiles(conn: Connection, sql: _Sql, day: int, n: int) -> dict[str, float]:
+    """The nearest-rank percentiles of the n finished jobs that ended on `day` (days since the
+    epoch), each read at its rank from the ``(end day, duration_s)`` index."""
+    found: dict[str, float] = {}
+    value = sql.d.day_value(day)
+    for p in PERCENTILES:
+        rank = (p * n + 99) // 100
+        ascending = rank - 1 <= n - rank
+        found[f"p{p}"] = conn.scalar(
+            sql.seek_day(descending=not ascending),
+            {"day": value, "skip": rank - 1 if ascending else n - rank},
+        )
+    return found
 
 
 def _seek_percentiles(
@@ -465,6 +528,7 @@ class _Sql:
         return {
             "since_ts": self.q.since,
             "until_ts": self.q.until,
+            "reach_ts": to_datetime(min(until + LONG_JOB_S, LATEST)),
             "since_e": since,
             "until_e": until,
             "first_b0": float(first),
@@ -476,7 +540,7 @@ class _Sql:
         # Times compared with stored columns are bound as UTCDateTime, so indexes serve them.
         typed = [
             bindparam(name, type_=UTCDateTime())
-            for name in ("since_ts", "until_ts")
+            for name in ("since_ts", "until_ts", "reach_ts")
             if f":{name}" in sql
         ]
         return text(sql).bindparams(*typed)
@@ -516,6 +580,15 @@ class _Sql:
         """
         if not self.covering or self.time_key is not None or self.plain_keys not in ([], ["type"]):
             return False
+        return self._every_target(conn)
+
+    def day_seekable(self, conn: Connection) -> bool:
+        """True when each whole day's percentiles can be read off the ``(end day, duration_s)``
+        index: the groups are by day alone, and --target, if given, selects every finished job."""
+        return self.time_key == "day" and not self.plain_keys and self._every_target(conn)
+
+    def _every_target(self, conn: Connection) -> bool:
+        """True unless --target leaves out another target's finished jobs."""
         if self.target_id is None:
             return True
         others = conn.execute(
@@ -539,6 +612,16 @@ class _Sql:
             FROM jobs j
             WHERE {self._finished_in_window()}
             GROUP BY j.type
+        """)
+
+    def seek_day(self, *, descending: bool) -> Any:
+        """The duration at offset ``:skip`` of the finished jobs that ended on UTC day ``:day``,
+        ascending or descending: one range of the ``(end day, duration_s)`` index."""
+        order = "DESC" if descending else "ASC"
+        return text(f"""
+            SELECT j.duration_s FROM jobs j{self.d.indexed_by("ix_jobs_finished_day")}
+            WHERE j.status = '{JobStatus.FINISHED}' AND {self.d.end_day("j")} = :day
+            ORDER BY j.duration_s {order} LIMIT 1 OFFSET :skip
         """)
 
     def seek(self, types: list[str | None], *, descending: bool) -> Any:
@@ -674,7 +757,8 @@ class _Sql:
         found = []
         for row in conn.execute(
             self._text(f"""
-                SELECT {d.epoch("j.start_at")} AS s, {d.epoch("j.end_at")} AS e FROM jobs j
+                SELECT {d.epoch("j.start_at")} AS s, {d.epoch("j.end_at")} AS e
+                FROM jobs j{d.indexed_by("ix_jobs_long")}
                 WHERE {rollups.long_job_sql(d)} AND j.end_at > :since_ts
                       AND {d.no_index("j.start_at")} < :until_ts{self._target("j.target_id")}
                 UNION ALL
@@ -773,12 +857,21 @@ class _Sql:
                 FROM targets t JOIN polls p ON p.id = {latest_ok_sql("t.id")}
             ),
             iv AS (
-                -- Two arms, so that each can use its index: finished jobs by end_at, and the
-                -- few running ones.
+                -- Three arms, so that each reads one index range: finished jobs by end_at (one
+                -- that is not long ends at most a day after the window), the few long ones by
+                -- their partial index, and the few running ones.
                 SELECT {pre(k_exprs)}{d.epoch("j.start_at")} AS s, {d.epoch("j.end_at")} AS e
                 FROM jobs j
                 WHERE {self._status(JobStatus.FINISHED, indexed=False)}
                       AND {self._time("j.end_at")} > :since_ts
+                      AND {self._time("j.end_at")} < :reach_ts
+                      AND {self.d.no_index("j.start_at")} < :until_ts
+                      AND NOT ({rollups.long_job_sql(d)})
+                      {self._target("j.target_id")}
+                UNION ALL
+                SELECT {pre(k_exprs)}{d.epoch("j.start_at")} AS s, {d.epoch("j.end_at")} AS e
+                FROM jobs j{d.indexed_by("ix_jobs_long")}
+                WHERE {rollups.long_job_sql(d)} AND j.end_at > :since_ts
                       AND {self.d.no_index("j.start_at")} < :until_ts
                       {self._target("j.target_id")}
                 UNION ALL
