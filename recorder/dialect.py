@@ -16,7 +16,6 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy import Dialect as SQLAlchemyDialect
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.expression import Executable
 
 from recorder.output import iso
@@ -89,6 +88,10 @@ class Dialect:
 
     def insert_new(self, table: Any, values: Mapping[str, Any]) -> Executable:
         """INSERT one row, doing nothing when a row with the same key is already there."""
+        # Imported here: the PostgreSQL dialect package loads every PostgreSQL driver's module,
+        # a cost every command would pay at start-up for what only the lease writes.
+        from sqlalchemy.dialects import postgresql, sqlite
+
         if self.postgresql:
             return postgresql.insert(table).values(**values).on_conflict_do_nothing()
         return sqlite.insert(table).values(**values).on_conflict_do_nothing()

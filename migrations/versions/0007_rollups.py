@@ -69,14 +69,16 @@ def upgrade() -> None:
         postgresql_where=sa.text(LONG_JOB_POSTGRESQL),
     )
     # Each whole UTC day's percentiles are read at their rank from this index (recorder.stats).
-    # An expression index, so written per backend; on PostgreSQL the day is a date, since
-    # extracting epoch seconds from a timestamptz is not immutable.
+    # An expression index, so written per backend. On PostgreSQL the day is a date, since
+    # extracting epoch seconds from a timestamptz is not immutable, and the index includes
+    # end_at: its planner reads an index alone only when it holds every column a query names.
     if op.get_bind().dialect.name == "sqlite":
-        day = "CAST(end_at / 86400 AS INTEGER)"
+        day, include = "CAST(end_at / 86400 AS INTEGER)", ""
     else:
-        day = "((end_at AT TIME ZONE 'UTC')::date)"
+        day, include = "((end_at AT TIME ZONE 'UTC')::date)", " INCLUDE (end_at)"
     op.execute(
-        f"CREATE INDEX ix_jobs_finished_day ON jobs ({day}, duration_s) WHERE status = 'finished'"
+        f"CREATE INDEX ix_jobs_finished_day ON jobs ({day}, duration_s){include}"
+        " WHERE status = 'finished'"
     )
     # The one data step: existing databases get their rollups from the jobs they hold. It uses
     # the recorder's own code (imported here, not at the top, so that reading the migration
