@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from alembic import command
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 
-from recorder import rollups, stats
+from recorder import db, rollups, stats
 from recorder.clock import to_datetime
 from recorder.models import Base, RollupHour, RollupPeak, Transition, TransitionKind
 from recorder.parse import normalize_items
@@ -326,3 +327,21 @@ def test_reports_use_the_rollups(engine: Engine) -> None:
     with engine.begin() as conn:
         rollups.rebuild(conn)
     assert stats.compute(engine, query).groups[0].finished == 1
+
+
+def test_db_upgrade_fills_the_rollups_of_a_database_that_had_jobs(engine: Engine) -> None:
+    """A database recorded before migration 0007 gets, on upgrade, the rollups the store
+    would have kept."""
+    times = [T0 + 900 * i for i in range(12)]
+    jobs = [
+        Scripted(1, 0, "video", 30.0, 0, 5, frozenset({2})),
+        Scripted(2, 1, "image", 300.0, 3, 9, frozenset()),
+        Scripted(3, 0, "image", 10.0, 4, 11, frozenset()),
+    ]
+    record(engine, (times, [False] * len(times), jobs))
+    kept = snapshot(engine)
+    assert kept[0] and kept[1]
+    config = db.alembic_config(engine)
+    command.downgrade(config, "0006")
+    command.upgrade(config, "head")
+    assert snapshot(engine) == kept
