@@ -14,11 +14,13 @@ reports count the few running jobs exactly. A finished job whose interval is lon
 one row per hour since 1970); the reports find those jobs by a partial index and compute the
 hours they span exactly.
 
-The rollups are never adjusted by a delta. Whatever changes a finished job (it closes, or it
-reappears and is running again) recomputes the rollups of every hour the job touches from the
-jobs table, in the same transaction: the figures cannot drift from the jobs, and a job that
-reappears withdraws exactly what it added. `rebuild` recomputes every hour, for a database that
-had jobs before the rollups existed (migration 0007).
+The transaction that changes a job changes the rollups. A job that closes adds to them: its
+sums to its hours' rows, and a peak raised where its interval makes more jobs in flight at once
+than before (`add_finished`). A job that reappears, and is running again, withdraws what it
+added: every hour it touched is recomputed from the jobs table (`refresh`), since a peak cannot
+be lowered by subtraction. `rebuild` recomputes every hour, for a database that had jobs before
+the rollups existed (migration 0007); a test keeps the rollups the store maintains equal to a
+rebuild's.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, text
+from sqlalchemy import Connection, bindparam, delete, insert, select, text, update
 
-from recorder.clock import to_datetime
+from recorder.clock import LATEST, to_datetime
 from recorder.dialect import Dialect
 from recorder.models import (
     LONG_JOB_POSTGRESQL,
@@ -98,6 +100,20 @@ def touched(job: Finished) -> set[int]:
     return hours
 
 
+def lock(conn: Connection) -> None:
+    """Take the rollups for this transaction: writers of other targets wait until it ends.
+
+    Rows of the groupings across targets are shared, and each writer computes them from what
+    it reads; two recorders (on PostgreSQL) must not both read before either writes. A SQLite
+    writer already holds the database's write lock.
+    """
+    if Dialect.of(conn).postgresql:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+
+
+_LOCK_KEY = 0x726F6C6C75707321  # "rollups!", beside the leases' per-target keys
+
+
 def refresh(conn: Connection, hours: Iterable[int]) -> None:
     """Recompute the rollups of `hours` from the jobs table (inside the caller's transaction)."""
     for first, last in _runs(sorted(set(hours))):
@@ -105,17 +121,124 @@ def refresh(conn: Connection, hours: Iterable[int]) -> None:
             _recompute(conn, lo, min(last, lo + CHUNK_HOURS - 1))
 
 
-def refresh_jobs(conn: Connection, job_ids: Sequence[int]) -> set[int]:
+def hours_of(conn: Connection, job_ids: Sequence[int]) -> set[int]:
     """The hours the finished jobs among `job_ids` count in (to refresh once they changed)."""
     hours: set[int] = set()
+    for job in _by_ids(conn, job_ids):
+        hours |= touched(job)
+    return hours
+
+
+def add_finished(conn: Connection, job_ids: Sequence[int], done: set[int]) -> None:
+    """Add jobs that have just finished to the rollups, except in the hours `done` (recomputed
+    whole in this transaction already).
+
+    Their sums are added to the rows of their hours. A peak can only have risen at an instant
+    a new interval covers: each group's level there is counted again from every finished
+    interval that overlaps the new ones (a few index ranges), and the peak raised if it is
+    higher. So a close costs what overlaps it, not what its hours hold.
+    """
+    jobs = _by_ids(conn, job_ids)
+    if not jobs:
+        return
+    first = min(min(hour_of(j.s), hour_of(j.e)) for j in jobs)
+    last = max(max(hour_of(j.s), hour_of(j.e)) for j in jobs)
+    _add_sums(conn, {k: v for k, v in sums(jobs, first, last).items() if k[0] not in done})
+    fresh = {j.id for j in jobs if not j.long and j.e > j.s}
+    if not fresh:
+        return
+    lo = min(j.s for j in jobs if j.id in fresh)
+    hi = max(j.e for j in jobs if j.id in fresh)
+    raised = levels_at_new(_overlapping(conn, lo, hi), fresh)
+    _raise_peaks(conn, {k: v for k, v in raised.items() if k[1] not in done and v > 0})
+
+
+def _by_ids(conn: Connection, job_ids: Sequence[int]) -> list[Finished]:
+    """The finished jobs among `job_ids`."""
+    found: list[Finished] = []
     d = Dialect.of(conn)
     for start in range(0, len(job_ids), 500):
         chunk = list(job_ids[start : start + 500])
         query = text(f"{_select(d)} WHERE j.id IN :ids AND j.status = '{JobStatus.FINISHED}'")
         rows = conn.execute(query.bindparams(bindparam("ids", expanding=True)), {"ids": chunk})
-        for job in _finished(rows):
-            hours |= touched(job)
-    return hours
+        found.extend(_finished(rows))
+    return found
+
+
+def _overlapping(conn: Connection, lo: float, hi: float) -> list[Finished]:
+    """The finished jobs whose interval may overlap ``[lo, hi)``: by end, within a day after."""
+    d = Dialect.of(conn)
+    status = f"{d.no_index('j.status')} = '{JobStatus.FINISHED}'"
+    query = text(
+        f"{_select(d)} WHERE j.end_at > :lo AND j.end_at < :reach"
+        f" AND {d.no_index('j.start_at')} < :hi AND {status}"
+    ).bindparams(
+        bindparam("lo", to_datetime(lo), type_=UTCDateTime()),
+        bindparam("hi", to_datetime(hi), type_=UTCDateTime()),
+        bindparam("reach", to_datetime(min(hi + LONG_JOB_S, LATEST)), type_=UTCDateTime()),
+    )
+    return list(_finished(conn.execute(query)))
+
+
+def _add_sums(conn: Connection, added: dict[SumKey, dict[str, Any]]) -> None:
+    if not added:
+        return
+    table = RollupHour.__table__
+    existing = {
+        (row.hour, row.target_id, row.type, row.account): row
+        for row in conn.execute(
+            select(table).where(
+                RollupHour.hour.in_({k[0] for k in added}),
+                RollupHour.target_id.in_({k[1] for k in added}),
+            )
+        )
+    }
+    inserts, updates = [], []
+    for key, row in added.items():
+        old = existing.get(key)
+        if old is None:
+            inserts.append(row)
+            continue
+        updates.append(
+            {
+                "row_id": old.id,
+                "finished": old.finished + row["finished"],
+                "timed": old.timed + row["timed"],
+                "duration_sum": old.duration_sum + row["duration_sum"],
+                "duration_max": _larger(old.duration_max, row["duration_max"]),
+                "wide": old.wide + row["wide"],
+                "started": old.started + row["started"],
+                "busy_s": old.busy_s + row["busy_s"],
+            }
+        )
+    if inserts:
+        conn.execute(insert(RollupHour), inserts)
+    if updates:
+        conn.execute(update(RollupHour).where(RollupHour.id == bindparam("row_id")), updates)
+
+
+def _raise_peaks(conn: Connection, raised: dict[PeakKey, int]) -> None:
+    if not raised:
+        return
+    existing = {
+        (row.scope, row.hour, row.target_id, row.type, row.account): row
+        for row in conn.execute(
+            select(RollupPeak.__table__).where(
+                RollupPeak.scope.in_(SCOPES), RollupPeak.hour.in_({k[1] for k in raised})
+            )
+        )
+    }
+    inserts, updates = [], []
+    for key, level in raised.items():
+        old = existing.get(key)
+        if old is None:
+            inserts.append(_peak_row(key, level))
+        elif level > old.peak:
+            updates.append({"row_id": old.id, "peak": level})
+    if inserts:
+        conn.execute(insert(RollupPeak), inserts)
+    if updates:
+        conn.execute(update(RollupPeak).where(RollupPeak.id == bindparam("row_id")), updates)
 
 
 def rebuild(conn: Connection) -> None:
@@ -227,20 +350,32 @@ def _recompute(conn: Connection, first: int, last: int) -> None:
         conn.execute(insert(RollupPeak), peaks)
 
 
+PeakKey = tuple[int, int, int | None, str | None, str | None]  # scope, hour, target, type, account
+SumKey = tuple[int, int, str | None, str | None]  # hour, target, type, account
+
+
 def summarize(
     jobs: Iterable[Finished], first: int, last: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The rows of rollup_hours and rollup_peaks for the hours `first` to `last`, from every
     finished job that counts in them (pure: the rollups' definition, in one place)."""
-    sums: dict[tuple[int, int, str | None, str | None], dict[str, Any]] = {}
-    pieces: dict[tuple[int, int, int | None, str | None, str | None], list[tuple[float, int]]]
-    pieces = defaultdict(list)
+    jobs = list(jobs)
+    peaks = {
+        key: level
+        for key, level in raised_peaks(pieces(jobs, first, last), None).items()
+        if level > 0
+    }
+    return list(sums(jobs, first, last).values()), [_peak_row(k, v) for k, v in peaks.items()]
+
+
+def sums(jobs: Iterable[Finished], first: int, last: int) -> dict[SumKey, dict[str, Any]]:
+    """What the jobs add to rollup_hours in the hours `first` to `last`, per row key."""
+    found: dict[SumKey, dict[str, Any]] = {}
 
     def row(job: Finished, hour: int) -> dict[str, Any]:
         key = (hour, job.target_id, job.type, job.account)
-        found = sums.get(key)
-        if found is None:
-            found = sums[key] = {
+        if key not in found:
+            found[key] = {
                 "hour": hour,
                 "target_id": job.target_id,
                 "type": job.type,
@@ -253,7 +388,7 @@ def summarize(
                 "started": 0,
                 "busy_s": 0.0,
             }
-        return found
+        return found[key]
 
     for job in jobs:
         end_hour, start_hour = hour_of(job.e), hour_of(job.s)
@@ -264,19 +399,23 @@ def summarize(
             if job.duration is not None:
                 counted["timed"] += 1
                 counted["duration_sum"] += job.duration
-                previous = counted["duration_max"]
-                counted["duration_max"] = (
-                    job.duration if previous is None else max(previous, job.duration)
-                )
+                counted["duration_max"] = _larger(counted["duration_max"], job.duration)
         if first <= start_hour <= last:
             row(job, start_hour)["started"] += 1
-        if job.long or not job.e > job.s:
-            continue
-        for hour in range(max(start_hour, first), min(math.ceil(job.e / HOUR), last + 1)):
-            lo, hi = max(job.s, float(hour * HOUR)), min(job.e, float((hour + 1) * HOUR))
-            if hi <= lo:
-                continue
+        for hour, lo, hi in _hour_pieces(job, first, last):
             row(job, hour)["busy_s"] += hi - lo
+    return found
+
+
+def pieces(
+    jobs: Iterable[Finished], first: int, last: int, new: set[int] | None = None
+) -> dict[PeakKey, list[tuple[float, int, int]]]:
+    """Each group's interval ends in each hour from `first` to `last`, for every grouping:
+    ``(time, +1 open or -1 close, 1 if the job's id is in `new` else 0)``."""
+    found: dict[PeakKey, list[tuple[float, int, int]]] = defaultdict(list)
+    for job in jobs:
+        fresh = int(new is not None and job.id in new)
+        for hour, lo, hi in _hour_pieces(job, first, last):
             for scope in SCOPES:
                 key = (
                     scope,
@@ -285,13 +424,83 @@ def summarize(
                     job.type if scope & BY_TYPE else None,
                     job.account if scope & BY_ACCOUNT else None,
                 )
-                pieces[key] += ((lo, 1), (hi, -1))
-    peaks = [
-        {"scope": k[0], "hour": k[1], "target_id": k[2], "type": k[3], "account": k[4], "peak": p}
-        for k, events in pieces.items()
-        if (p := peak(events)) > 0
-    ]
-    return list(sums.values()), peaks
+                found[key] += ((lo, 1, fresh), (hi, -1, fresh))
+    return found
+
+
+def raised_peaks(
+    found: dict[PeakKey, list[tuple[float, int, int]]], new: set[int] | None
+) -> dict[PeakKey, int]:
+    """Each group and hour's peak; with `new`, only the most open at once at an instant that a
+    new interval covers (what adding the new intervals can have raised), for the groups that
+    have one."""
+    peaks: dict[PeakKey, int] = {}
+    for key, events in found.items():
+        if new is not None and not any(fresh for _, _, fresh in events):
+            continue
+        level = fresh_open = best = 0
+        # A close sorts before an open at the same instant: intervals are half-open.
+        for _, delta, fresh in sorted(events):
+            level += delta
+            fresh_open += delta * fresh
+            if delta > 0 and (new is None or fresh_open > 0):
+                best = max(best, level)
+        peaks[key] = best
+    return peaks
+
+
+def levels_at_new(around: list[Finished], new: set[int]) -> dict[PeakKey, int]:
+    """Per group and hour, the most intervals open at once at an instant that an interval of a
+    job in `new` covers, counting every interval of `around` (all those that overlap them).
+
+    One sweep over the intervals' ends in time order, keeping a level per group; only the
+    groups of new jobs are followed. With one target among them, the groupings by target are
+    the same levels as those across targets, and are copied rather than counted twice.
+    """
+    targets = {job.target_id for job in around}
+    scopes = [s for s in SCOPES if not s & BY_TARGET] if len(targets) == 1 else list(SCOPES)
+    followed = {(scope, *_parts(job, scope)) for job in around if job.id in new for scope in scopes}
+    # Per job, the followed groups it is in, found once.
+    groups: dict[int, list[tuple[int, tuple[int | None, str | None, str | None]]]] = {}
+    events: list[tuple[float, int, bool, int, int]] = []
+    for job in around:
+        fresh = job.id in new
+        mine = [
+            (scope, parts)
+            for scope in scopes
+            if (scope, *(parts := _parts(job, scope))) in followed
+        ]
+        if not mine:
+            continue
+        groups[job.id] = mine
+        for hour, lo, hi in _hour_pieces(job, -(2**40), 2**40):
+            events += ((lo, 1, fresh, hour, job.id), (hi, -1, fresh, hour, job.id))
+    events.sort(key=lambda event: (event[0], event[1]))
+    level: dict[PeakKey, int] = defaultdict(int)
+    fresh_open: dict[PeakKey, int] = defaultdict(int)
+    best: dict[PeakKey, int] = {}
+    for _, delta, fresh, hour, job_id in events:
+        for scope, parts in groups[job_id]:
+            key = (scope, hour, *parts)
+            now = level[key] = level[key] + delta
+            if fresh:
+                fresh_open[key] += delta
+            if delta > 0 and now > best.get(key, 0) and fresh_open[key] > 0:
+                best[key] = now
+    if len(targets) == 1:
+        (target_id,) = targets
+        best |= {(k[0] | BY_TARGET, k[1], target_id, *k[3:]): v for k, v in list(best.items())}
+    return best
+
+
+def _parts(job: Finished, scope: int) -> tuple[int | None, str | None, str | None]:
+    """The job's group in a grouping: its target, type and account, or None where the
+    grouping is not by them."""
+    return (
+        job.target_id if scope & BY_TARGET else None,
+        job.type if scope & BY_TYPE else None,
+        job.account if scope & BY_ACCOUNT else None,
+    )
 
 
 def peak(events: list[tuple[float, int]]) -> int:
@@ -302,3 +511,32 @@ def peak(events: list[tuple[float, int]]) -> int:
         level += delta
         best = max(best, level)
     return best
+
+
+def _hour_pieces(job: Finished, first: int, last: int) -> Iterator[tuple[int, float, float]]:
+    """The job's interval cut at hour edges, within hours `first` to `last`: (hour, lo, hi);
+    nothing for a long job or an empty interval."""
+    if job.long or not job.e > job.s:
+        return
+    for hour in range(max(hour_of(job.s), first), min(math.ceil(job.e / HOUR), last + 1)):
+        lo, hi = max(job.s, float(hour * HOUR)), min(job.e, float((hour + 1) * HOUR))
+        if hi > lo:
+            yield hour, lo, hi
+
+
+def _larger(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else max(a, b)
+
+
+def _peak_row(key: PeakKey, level: int) -> dict[str, Any]:
+    scope, hour, target_id, type_, account = key
+    return {
+        "scope": scope,
+        "hour": hour,
+        "target_id": target_id,
+        "type": type_,
+        "account": account,
+        "peak": level,
+    }

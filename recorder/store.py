@@ -292,9 +292,11 @@ def _write_changes(
     transitions = [
         {"job_id": job_ids[e.job.api_id], "kind": TransitionKind.APPEARED} for e in change.opened
     ]
+    if change.reopened or change.closed:
+        rollups.lock(conn)
     # A reappearing job withdraws what it added to the rollups: its hours, read while it is
-    # still finished, are recomputed below with the jobs that closed.
-    hours = rollups.refresh_jobs(conn, [job_ids[e.job.api_id] for e in change.reopened])
+    # still finished, are recomputed once it runs again.
+    withdrawn = rollups.hours_of(conn, [job_ids[e.job.api_id] for e in change.reopened])
     for reopened in change.reopened:
         job_id = job_ids[reopened.job.api_id]
         conn.execute(update(Job).where(Job.id == job_id).values(**_REOPEN))
@@ -304,8 +306,8 @@ def _write_changes(
         values = _close(closed, last_ok_poll_id, columns)
         conn.execute(update(Job).where(Job.id == job_id).values(**values))
         transitions.append({"job_id": job_id, "kind": TransitionKind.VANISHED})
-    hours |= rollups.refresh_jobs(conn, [job_ids[e.api_id] for e in change.closed])
-    rollups.refresh(conn, hours)
+    rollups.refresh(conn, withdrawn)
+    rollups.add_finished(conn, [job_ids[e.api_id] for e in change.closed], done=withdrawn)
     if transitions:
         conn.execute(insert(Transition), [t | {"poll_id": poll_id} for t in transitions])
 
