@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from alembic import command
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, create_engine, inspect, text
 
 from recorder import db
+from recorder.models import Base
 
 TABLES = {"targets", "polls", "jobs", "transitions", "observations"}
 
@@ -67,3 +71,90 @@ def test_0006_rewrites_the_joins_of_job_history_and_its_downgrade_restores_them(
     assert job_history_sql(engine) == new
     if not sqlite:
         assert public_grants(engine) == 1
+
+
+def schema_facts(engine: Engine, schema: str | None = None) -> dict[str, Any]:
+    """What `alembic check` does not compare: primary keys, partial indexes' conditions, and
+    table options (SQLite's WITHOUT ROWID)."""
+    inspector = inspect(engine)
+    facts = {}
+    for table in sorted(Base.metadata.tables):
+        key = inspector.get_pk_constraint(table, schema=schema)
+        indexes = {
+            ix["name"]: (
+                tuple(ix["column_names"]),
+                bool(ix["unique"]),
+                {
+                    k: str(v)
+                    for k, v in ix.get("dialect_options", {}).items()
+                    if k.endswith("_where")
+                },
+            )
+            for ix in inspector.get_indexes(table, schema=schema)
+        }
+        options = inspector.get_table_options(table, schema=schema)
+        facts[table] = (key["name"], key["constrained_columns"], indexes, options)
+    return facts
+
+
+def test_the_migrations_build_the_models_keys_index_conditions_and_table_options(
+    engine: Engine, tmp_path: Path
+) -> None:
+    if engine.dialect.name == "sqlite":
+        models = create_engine(f"sqlite:///{tmp_path / 'models.db'}")
+        Base.metadata.create_all(models)
+        expected = schema_facts(models)
+        models.dispose()
+    else:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE SCHEMA models")
+            Base.metadata.create_all(conn.execution_options(schema_translate_map={None: "models"}))
+        expected = schema_facts(engine, "models")
+    assert schema_facts(engine) == expected
+
+
+def test_0008_keeps_every_transition_and_its_downgrade_too(engine: Engine) -> None:
+    config = db.alembic_config(engine)
+    command.downgrade(config, "0007")
+    sqlite = engine.dialect.name == "sqlite"
+    moment: Any = 1_750_000_000.0 if sqlite else datetime.fromtimestamp(1_750_000_000.0, UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO targets (id, url, created_at) VALUES (1, 'u', :t)"), {"t": moment}
+        )
+        for poll_id in (1, 2, 3):
+            conn.execute(
+                text(
+                    "INSERT INTO polls (id, target_id, sent_at, received_at, latency_s, outcome,"
+                    " after_gap) VALUES (:id, 1, :t, :t, 0.0, 'ok', false)"
+                ),
+                {"id": poll_id, "t": moment},
+            )
+        for job_id in (1, 2):
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, target_id, api_id, status, first_poll_id, start_at,"
+                    " start_source, closed_across_gap) VALUES (:id, 1, :api, 'finished', 1, :t,"
+                    " 'poll', false)"
+                ),
+                {"id": job_id, "api": f"job-{job_id}", "t": moment},
+            )
+        # Inserted out of poll order: the downgrade numbers them in poll order.
+        rows = [(2, 3, "vanished"), (1, 1, "appeared"), (2, 1, "appeared"), (1, 2, "vanished")]
+        for job_id, poll_id, kind in rows:
+            conn.execute(
+                text("INSERT INTO transitions (job_id, poll_id, kind) VALUES (:j, :p, :k)"),
+                {"j": job_id, "p": poll_id, "k": kind},
+            )
+    select_all = "SELECT job_id, poll_id, kind FROM transitions ORDER BY job_id, poll_id"
+    command.upgrade(config, "head")
+    with engine.connect() as conn:
+        assert conn.execute(text(select_all)).all() == sorted(rows)
+    command.downgrade(config, "0007")
+    with engine.connect() as conn:
+        renumbered = conn.execute(
+            text("SELECT id, job_id, poll_id, kind FROM transitions ORDER BY id")
+        ).all()
+    assert [tuple(r[1:]) for r in renumbered] == sorted(rows, key=lambda r: (r[1], r[0]))
+    assert [r[0] for r in renumbered] == [1, 2, 3, 4]
+    command.upgrade(config, "head")
