@@ -13,6 +13,7 @@ import io
 import json
 import os
 import platform
+import random
 import signal
 import sqlite3
 import statistics
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from recorder.store import Store
 SIZES = {
     "tiny": {
         "in_flight": (10, 100),
+        "fine_in_flight": (10, 1_000),
         "polls": 5,
         "jobs": (2_000,),
         "days": 2,
@@ -50,6 +52,7 @@ SIZES = {
     },
     "full": {
         "in_flight": (10, 1_000, 10_000),
+        "fine_in_flight": (10, 1_000, 10_000),
         "polls": 50,
         "jobs": (1_000_000,),
         "days": 30,
@@ -93,16 +96,28 @@ def size_bytes(engine: Engine) -> int:
         return int(conn.execute(text("SELECT pg_database_size(current_database())")).scalar() or 0)
 
 
-def listing(n: int, now: float, vanish: int = 0, offset: int = 0) -> PollResult:
-    items = [
-        {
-            "id": f"user:1-pixverse:a{k % 5}@example.com-video:{k}",
-            "type": "video",
-            "started": format_started(1_700_000_000.0 + k * 0.01),
-            "elapsed": _elapsed(now - 1_700_000_000.0 - k * 0.01),
-        }
-        for k in range(offset, offset + n)
-    ]
+def listing(
+    n: int, now: float, vanish: int = 0, offset: int = 0, *, fine: bool = False
+) -> PollResult:
+    """A poll sent at `now` that lists `n` jobs (from number `offset` on), started 10 ms apart.
+
+    The server's clock is ours, and it takes the list when the poll is sent. With `fine`, its
+    clock is finer than the millisecond that `started` shows: job k started a fraction of a
+    millisecond after its millisecond (`started` shows it rounded, `elapsed` is truncated
+    from the exact age), and the list is taken 3.7 ms after the poll is sent.
+    """
+    listed_at = now + (0.0037 if fine else 0.0)
+    items = []
+    for k in range(offset, offset + n):
+        fraction = ((k * 7919) % 10007) / 1e6 if fine else 0.0  # 0 to 10 ms, in microseconds
+        items.append(
+            {
+                "id": f"user:1-pixverse:a{k % 5}@example.com-video:{k}",
+                "type": "video",
+                "started": format_started(1_700_000_000.0 + k * 0.01 + fraction),
+                "elapsed": _elapsed(listed_at - 1_700_000_000.0 - k * 0.01 - fraction),
+            }
+        )
     return PollResult(now, now + 0.01, 200, normalize_items(items[vanish:]))
 
 
@@ -111,43 +126,83 @@ def _elapsed(seconds: float) -> str:
     return f"{whole // 60:02d}:{whole % 60:02d}"
 
 
+def _ingest_engine(url: str) -> tuple[Engine, Path | None]:
+    """A database for an ingest benchmark, and its WAL file on SQLite (else None)."""
+    engine = db.open_database(url)
+    if engine.dialect.name != "sqlite":
+        return engine, None
+    # Pages written per poll, read off the WAL: no checkpoint may rewind it meanwhile.
+    engine.dispose()
+    event.listen(engine, "connect", lambda c, _r: c.execute("PRAGMA wal_autocheckpoint=0"))
+    return engine, Path(str(engine.url.database) + "-wal")
+
+
+def _poll_costs(
+    engine: Engine, wal: Path | None, pipeline: Pipeline, results: Iterable[PollResult]
+) -> dict[str, Any]:
+    """Time, rows and pages (SQLite) of recording each of `results`: medians, and the worst."""
+    times, written, pages = [], [], []
+    for result in results:
+        before_rows = rows(engine)
+        before_wal = wal.stat().st_size if wal and wal.exists() else 0
+        began = time.perf_counter()
+        pipeline.record(result)
+        times.append(time.perf_counter() - began)
+        written.append(rows(engine) - before_rows)
+        if wal is not None:
+            pages.append((wal.stat().st_size - before_wal) / (PAGE + 24))
+    return {
+        "ms_per_poll": round(statistics.median(times) * 1000, 2),
+        "ms_per_poll_max": round(max(times) * 1000, 2),
+        "rows_per_poll": statistics.median(written),
+        "rows_per_poll_max": max(written),
+        "pages_per_poll": statistics.median(pages) if pages else None,
+    }
+
+
 def bench_ingest(url: str, n: int, polls: int) -> dict[str, Any]:
     """Per poll with `n` jobs in flight: no change, and 1% of the jobs changing."""
-    engine = db.open_database(url)
-    wal = None
-    if engine.dialect.name == "sqlite":
-        # Pages written per poll, read off the WAL: no checkpoint may rewind it meanwhile.
-        engine.dispose()
-        event.listen(engine, "connect", lambda c, _r: c.execute("PRAGMA wal_autocheckpoint=0"))
-        wal = Path(str(engine.url.database) + "-wal")
+    engine, wal = _ingest_engine(url)
     store = Store(engine)
     now = 1_700_100_000.0
     pipeline = Pipeline(store, f"bench://ingest/{n}", lambda: listing(n, now), gap_s=60.0)
     pipeline.poll_once()
     results: dict[str, Any] = {"in_flight": n}
-    for label, churn in (("no_change", 0), ("one_percent", max(1, n // 100))):
-        times, written, pages = [], [], []
+
+    def polled(churn: int) -> Iterator[PollResult]:
+        nonlocal now
         for k in range(polls):
             now += 10.0
-            offset = (k + 1) * churn if churn else 0
-            result = listing(n, now, offset=offset)
-            before_rows = rows(engine)
-            before_wal = wal.stat().st_size if wal and wal.exists() else 0
-            began = time.perf_counter()
-            pipeline.record(result)
-            times.append(time.perf_counter() - began)
-            written.append(rows(engine) - before_rows)
-            if wal is not None:
-                pages.append((wal.stat().st_size - before_wal) / (PAGE + 24))
-        results[label] = {
-            "ms_per_poll": round(statistics.median(times) * 1000, 2),
-            "ms_per_poll_max": round(max(times) * 1000, 2),
-            "rows_per_poll": statistics.median(written),
-            "pages_per_poll": statistics.median(pages) if pages else None,
-        }
+            yield listing(n, now, offset=(k + 1) * churn if churn else 0)
+
+    for label, churn in (("no_change", 0), ("one_percent", max(1, n // 100))):
+        results[label] = _poll_costs(engine, wal, pipeline, polled(churn))
         if churn:
             # The next listings continue from the shifted window.
             pipeline.record(listing(n, now + 5.0, offset=polls * churn))
+    engine.dispose()
+    return results
+
+
+def bench_ingest_fine_clock(url: str, n: int, polls: int) -> dict[str, Any]:
+    """Per poll with `n` jobs in flight and no change, from an upstream whose clock is finer
+    than the millisecond `started` shows (`listing`'s `fine`), polled every 10 s and up to
+    50 ms more, as a daemon's timer drifts: each job's age crosses its second at another
+    instant of every poll, and sometimes within a millisecond of the server time."""
+    engine, wal = _ingest_engine(url)
+    store = Store(engine)
+    now = 1_700_100_000.0
+    pipeline = Pipeline(store, f"bench://fine/{n}", lambda: listing(n, now, fine=True), gap_s=60.0)
+    pipeline.poll_once()
+    drift = random.Random(n)
+
+    def polled() -> Iterator[PollResult]:
+        nonlocal now
+        for _ in range(polls):
+            now += 10.0 + drift.uniform(0.0, 0.05)
+            yield listing(n, now, fine=True)
+
+    results = {"in_flight": n, "no_change": _poll_costs(engine, wal, pipeline, polled())}
     engine.dispose()
     return results
 
@@ -322,6 +377,11 @@ def main() -> None:
                 bench_ingest(url_for(f"ingest{n}"), n, size["polls"]) for n in size["in_flight"]
             ]
             print(backend, "ingest", json.dumps(out["ingest"]), flush=True)
+            out["ingest_fine_clock"] = [
+                bench_ingest_fine_clock(url_for(f"fine{n}"), n, size["polls"])
+                for n in size["fine_in_flight"]
+            ]
+            print(backend, "ingest_fine_clock", json.dumps(out["ingest_fine_clock"]), flush=True)
             out["reports"] = [
                 bench_reports(url_for(f"reports{n}"), n, size["days"]) for n in size["jobs"]
             ]

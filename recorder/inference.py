@@ -34,6 +34,10 @@ from recorder.snapshot import Failure, Item, Snapshot
 _STARTED_RESOLUTION_S = 0.001
 # Server-time windows are widened by that, so that honest items always share a point.
 _PAD_S = _STARTED_RESOLUTION_S
+# How far an `elapsed` may sit past the boundary that an origin at the item's own `started`
+# predicts and still count as predicted: an upstream that rounds `started` from a finer clock
+# puts each job up to half a millisecond off, and the server time is estimated from such items.
+_ELAPSED_TOLERANCE_S = _STARTED_RESOLUTION_S
 # How far the server clock may drift from the previous poll's skew and still agree with it.
 _PRIOR_SLACK_S = 2.0
 # More camps of equal size than this: the list has no consensus about the server's clock.
@@ -113,6 +117,18 @@ class ItemState:
         if self.elapsed_origin is None:
             return None
         return math.floor(server_time - self.elapsed_origin)
+
+    def predicts(self, item: Item, server_time: float) -> bool:
+        """True when this state predicts the item's `elapsed` at `server_time`.
+
+        Exactly, or, when the origin is the item's own `started`, within _ELAPSED_TOLERANCE_S
+        of the second that `elapsed` names: what rounding `started` from a finer clock explains.
+        """
+        if self.predict_elapsed(server_time) == item.elapsed_s:
+            return True
+        if item.elapsed_s is None or item.started is None or self.elapsed_origin != item.started:
+            return False
+        return _explains(item.started, item.elapsed_s, server_time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -547,10 +563,21 @@ def _origin(item: Item, server_time: float, *, trust_started: bool) -> float | N
     if (
         trust_started
         and item.started is not None
-        and math.floor(server_time - item.started) == item.elapsed_s
+        and _explains(item.started, item.elapsed_s, server_time)
     ):
         return item.started
     return server_time - item.elapsed_s - 0.5
+
+
+def _explains(started: float, elapsed: int, server_time: float) -> bool:
+    """True when `started` gives `elapsed` at `server_time`, to _ELAPSED_TOLERANCE_S.
+
+    The age `server_time - started` lies in ``[elapsed, elapsed + 1)`` widened by the tolerance
+    on both sides. An origin at `started` then predicts the exact `elapsed` at every later poll
+    but those where the job's age is again within the tolerance of a whole second.
+    """
+    age = server_time - started
+    return elapsed - _ELAPSED_TOLERANCE_S <= age < elapsed + 1.0 + _ELAPSED_TOLERANCE_S
 
 
 def _observe(current: ItemState, item: Item, server_time: float, trusted: bool) -> ItemState | None:
@@ -561,7 +588,7 @@ def _observe(current: ItemState, item: Item, server_time: float, trusted: bool) 
         and current.reply_url == item.reply_url
         and current.reply_ref == item.reply_ref
     )
-    if same_fields and current.predict_elapsed(server_time) == item.elapsed_s:
+    if same_fields and current.predicts(item, server_time):
         return None
     return _item_state(item, origin=_origin(item, server_time, trust_started=trusted))
 

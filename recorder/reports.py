@@ -22,6 +22,7 @@ from recorder.models import (
     Quarantine,
     Target,
     failing_streak,
+    has_status,
     latest_ok_id,
     succeeded,
 )
@@ -105,7 +106,7 @@ def _statement(query: JobQuery, *, sqlite: bool, by_start: bool = False) -> Any:
         # A half that the status filter empties is left out (but one half always remains).
         halves: list[Any] = []  # Any: mypy 2.4 crashes inferring union_all's generic type
         if query.status in (None, JobStatus.RUNNING):
-            halves.append(_filtered(_listing(key), query).where(Job.status == JobStatus.RUNNING))
+            halves.append(_filtered(_listing(key), query).where(has_status(JobStatus.RUNNING)))
         if query.status != JobStatus.RUNNING:
             # On SQLite, only the chosen time range may be read along an index.
             end_at = _unindexed(Job.end_at) if sqlite and by_start else Job.end_at
@@ -180,7 +181,7 @@ def _filtered(
     `status_indexed` no index may serve the status, without `start_indexed` none `until`."""
     if query.status is not None:
         status = Job.status if status_indexed else _unindexed(Job.status)
-        stmt = stmt.where(status == query.status)
+        stmt = stmt.where(has_status(JobStatus(query.status), status))
     if query.types:
         stmt = stmt.where(Job.type.in_(query.types))
     if query.accounts:
@@ -313,7 +314,7 @@ def status(engine: Engine, now: datetime, max_age_s: float) -> list[dict[str, An
             running = conn.scalar(
                 select(func.count())
                 .select_from(Job)
-                .where(Job.target_id == target.id, Job.status == JobStatus.RUNNING)
+                .where(Job.target_id == target.id, has_status(JobStatus.RUNNING))
             )
             holder = conn.scalar(select(Lease.holder).where(Lease.target_id == target.id))
             quarantined = conn.scalar(

@@ -298,6 +298,8 @@ def _select(d: Dialect) -> str:
 
 def _finished(rows: Iterable[Any]) -> Iterator[Finished]:
     for row in rows:
+        if row.s is None or row.e is None:
+            continue  # a finished job without an end is not the recorder's: it counts nowhere
         yield Finished(
             row.id,
             row.target_id,

@@ -591,12 +591,14 @@ class _Sql:
         """True unless --target leaves out another target's finished jobs."""
         if self.target_id is None:
             return True
+        # Each other target's jobs are read by target (the status unindexed: on SQLite, the
+        # (status, ...) index would walk every finished job of every target to find none).
         others = conn.execute(
             text(f"""
                 SELECT 1 FROM targets t
                 WHERE t.id <> :target_id AND EXISTS (
                     SELECT 1 FROM jobs j
-                    WHERE j.target_id = t.id AND {self._status(JobStatus.FINISHED)})
+                    WHERE j.target_id = t.id AND {self._status(JobStatus.FINISHED, indexed=False)})
                 LIMIT 1
             """),
             {"target_id": self.target_id},

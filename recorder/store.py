@@ -38,6 +38,7 @@ from recorder.models import (
     Transition,
     TransitionKind,
     failing_streak,
+    has_status,
     latest_ok_id,
     succeeded,
 )
@@ -137,7 +138,7 @@ class Store:
                 row.api_id: _job_state(row)
                 for row in conn.execute(
                     _job_state_query().where(
-                        Job.target_id == target_id, Job.status == JobStatus.RUNNING
+                        Job.target_id == target_id, has_status(JobStatus.RUNNING)
                     )
                 )
             }
@@ -178,12 +179,16 @@ class Store:
         found: dict[str, JobState] = {}
         with self.engine.connect() as conn:
             for chunk in chunks(list(api_ids)):
-                query = _job_state_query().where(
-                    Job.target_id == target_id,
-                    Job.status == JobStatus.FINISHED,
-                    Job.api_id.in_(chunk),
+                # The ids, found by the unique index; their status is checked here, not in the
+                # SQL, where SQLite (which plans without statistics) would read the jobs by
+                # status instead: every finished job, to find a few ids.
+                query = _job_state_query().add_columns(Job.status)
+                query = query.where(Job.target_id == target_id, Job.api_id.in_(chunk))
+                found.update(
+                    (row.api_id, _job_state(row))
+                    for row in conn.execute(query)
+                    if row.status == JobStatus.FINISHED
                 )
-                found.update((row.api_id, _job_state(row)) for row in conn.execute(query))
         return found
 
     def record(

@@ -23,6 +23,7 @@ from tests.inference_model import Replay, TrueJob, TruePoll, contains, iso, list
 
 T0 = 1_750_000_000.0
 GAP = 30.0
+MS = 0.001  # the millisecond of `started`, and of the tolerance in predicting `elapsed`
 FAIL = Failure(Outcome.SERVER, "HTTP 503")
 
 
@@ -196,6 +197,58 @@ def test_an_elapsed_that_breaks_the_prediction_is_observed() -> None:
     (observed,) = replay.results[1].observed
     assert (observed.api_id, observed.elapsed_s) == ("b", 30)
     assert observed.item.predict_elapsed(replay.results[1].server_time or 0.0) == 30
+
+
+# --- an upstream whose clock is finer than the millisecond of `started` -----------------------
+
+# "a" really started at -5.0003 and "b" at -2.9997; `started` shows both rounded to the
+# millisecond ("e" started at -4.0 exactly). The list taken at 10.0001 shows their true ages
+# truncated (15.0004, 12.9998 and 14.0001), which puts the windows of "a" and "e", [10, 11),
+# edge to edge with that of "b", [9, 10): the server time is 10.0, where b's `started` names the
+# second 13, 0.2 ms before its true age does.
+FINE_FIRST = (
+    item("a", started=-5.0, elapsed=12),
+    item("b", started=-3.0, elapsed=10),
+    item("e", started=-4.0, elapsed=11),
+)
+FINE_SECOND = (
+    item("a", started=-5.0, elapsed=15),
+    item("b", started=-3.0, elapsed=12),
+    item("e", started=-4.0, elapsed=14),
+)
+
+
+def test_a_started_rounded_from_a_finer_clock_is_predicted_within_a_millisecond() -> None:
+    replay = feed((poll(7.5), snap(*FINE_FIRST)), (poll(10.0, 0.0002), snap(*FINE_SECOND)))
+    second = replay.results[1]
+    assert second.server_time == pytest.approx(T0 + 10.0, abs=1e-6)
+    assert replay.state.open_jobs["b"].item.predict_elapsed(T0 + 10.0) == 13
+    assert not second.changed
+
+
+@pytest.mark.parametrize(
+    ("extra_first", "extra_second"),
+    [
+        # Its `started` names an age 3 ms past the second its `elapsed` says.
+        (item("c", started=-2.003, elapsed=9), item("c", started=-2.003, elapsed=11)),
+        # Its timer lost a second.
+        (item("c", started=-2.0, elapsed=9), item("c", started=-2.0, elapsed=10)),
+        # The tolerance is for the rounding of `started`: an origin from `elapsed` alone is
+        # held to the exact second (here 7.0 s since it, at the boundary of 6 and 7).
+        (item("c", elapsed=4), item("c", elapsed=6)),
+    ],
+    ids=["started 3 ms off", "a second short", "no started"],
+)
+def test_an_elapsed_off_by_more_than_the_rounding_is_observed(
+    extra_first: Item, extra_second: Item
+) -> None:
+    replay = feed(
+        (poll(7.5), snap(*FINE_FIRST, extra_first)),
+        (poll(10.0, 0.0002), snap(*FINE_SECOND, extra_second)),
+    )
+    second = replay.results[1]
+    assert second.server_time == pytest.approx(T0 + 10.0, abs=1e-6)
+    assert [(o.api_id, o.elapsed_s) for o in second.observed] == [("c", extra_second.elapsed_s)]
 
 
 def test_failed_polls_write_no_events() -> None:
@@ -576,7 +629,114 @@ def check_elapsed_reproduced(scenario: tuple) -> None:
         assert result.server_time is not None and math.isfinite(result.server_time)
         for listed in answer.items:
             current = result.state.open_jobs[listed.api_id].item
-            assert current.predict_elapsed(result.server_time) == listed.elapsed_s
+            if current.predict_elapsed(result.server_time) == listed.elapsed_s:
+                continue
+            # Only the rounding of `started` excuses a miss: an origin at the item's own
+            # `started`, within a millisecond of the second its `elapsed` names.
+            assert listed.started is not None and listed.elapsed_s is not None
+            assert current.elapsed_origin == listed.started
+            age = result.server_time - listed.started
+            assert listed.elapsed_s - MS <= age < listed.elapsed_s + 1 + MS
+
+
+# --- properties of an upstream whose clock is finer than `started` ---------------------------
+
+
+@dataclass(frozen=True)
+class Jump:
+    """One job's `elapsed` shown `seconds` off from poll number `at` on."""
+
+    api_id: str
+    at: int
+    seconds: int
+
+
+@st.composite
+def fine_clock_lists(draw: st.DrawFn, *, jumps: bool = False) -> tuple:
+    """Jobs that run through every poll, listed by a server whose clock is finer than the
+    millisecond `started` shows (the model rounds each true start to it), at polls any
+    fraction of a second apart. With `jumps`, one job's `elapsed` jumps by whole seconds from
+    some poll on (its timer restarted or skipped), so that it disagrees with its `started`;
+    two other jobs at least outvote it (alone, it would look like a step of the server's clock).
+    """
+    n_jobs = draw(st.integers(3 if jumps else 1, 15))
+    n_polls = draw(st.integers(2, 12))
+    skew = draw(st.floats(-600, 600))
+    sent, polls = 0.0, []
+    for _ in range(n_polls):
+        sent += draw(st.floats(0.5, 30.0))
+        latency = draw(st.floats(0, 0.5))
+        polls.append(TruePoll(T0 + sent, latency, T0 + sent + latency * draw(st.floats(0, 1))))
+    jobs = [
+        TrueJob(f"job-{k}", T0 - draw(st.floats(10.0, 3600.0)), T0 + sent + 3600.0)
+        for k in range(n_jobs)
+    ]
+    jump = None
+    if jumps:
+        jump = Jump(
+            draw(st.sampled_from(jobs)).api_id,
+            draw(st.integers(1, n_polls - 1)),
+            draw(st.sampled_from([-5, -2, -1, 1, 2, 5])),
+        )
+    return jobs, polls, skew, jump
+
+
+def fine_listing(
+    jobs: list[TrueJob], true_poll: TruePoll, skew: float, jump: Jump | None, k: int
+) -> Snapshot:
+    """What the API lists at the k-th poll, with the jump from its poll on."""
+    answer = listing(jobs, true_poll, skew)
+    if jump is None or k < jump.at:
+        return answer
+    return Snapshot(
+        tuple(
+            replace(i, elapsed_s=(i.elapsed_s or 0) + jump.seconds)
+            if i.api_id == jump.api_id
+            else i
+            for i in answer.items
+        )
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(fine_clock_lists())
+def test_a_started_rounded_from_a_finer_clock_costs_no_observation(case: tuple) -> None:
+    """Polls that show nothing new write nothing, although each job's `started` is up to half
+    a millisecond off its true start and its `elapsed` is truncated from the true age."""
+    jobs, polls, skew, _ = case
+    replay = run(jobs, polls, skew, gap_s=math.inf)
+    first, *later = replay.results
+    assert len(first.opened) == len(jobs)
+    assert [r.observed for r in later] == [()] * len(later)
+
+
+@settings(max_examples=300, deadline=None)
+@given(fine_clock_lists(jumps=True))
+def test_an_elapsed_that_disagrees_with_started_beyond_a_millisecond_is_observed(
+    case: tuple,
+) -> None:
+    """A known job whose origin is its `started` is observed exactly when its age at the poll's
+    server time lies more than a millisecond outside the second its `elapsed` names; a jump
+    of two seconds or more always is."""
+    jobs, polls, skew, jump = case
+    replay = Replay(gap_s=math.inf)
+    for k, true_poll in enumerate(polls):
+        before = replay.state
+        answer = fine_listing(jobs, true_poll, skew, jump, k)
+        timing = PollTime(true_poll.sent_at, true_poll.sent_at + true_poll.latency)
+        result = replay.feed(timing, answer)
+        assert result.server_time is not None
+        observed = {o.api_id for o in result.observed}
+        for listed in answer.items:
+            known = before.open_jobs.get(listed.api_id)
+            if known is None or known.item.elapsed_origin != listed.started:
+                continue
+            assert listed.started is not None and listed.elapsed_s is not None
+            age = result.server_time - listed.started
+            outside = not listed.elapsed_s - MS <= age < listed.elapsed_s + 1 + MS
+            assert (listed.api_id in observed) == outside, (listed, age)
+        if k == jump.at and abs(jump.seconds) >= 2:
+            assert jump.api_id in observed
 
 
 # --- properties with bogus `started` values ---------------------------------------------------

@@ -123,7 +123,9 @@ def assert_history_consistent(db_url: str) -> None:
     engine = db.create(db_url)
     with engine.connect() as conn:
         rows = conn.execute(
-            select(Transition.job_id, Transition.kind).order_by(Transition.poll_id, Transition.id)
+            select(Transition.job_id, Transition.kind).order_by(
+                Transition.poll_id, Transition.job_id
+            )
         ).all()
         jobs = {row.id: row.status for row in conn.execute(select(Job.id, Job.status))}
         duplicates = conn.execute(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, func, select, text
+from sqlalchemy import Connection, Engine, event, func, select, text
 
 from recorder import db
 from recorder.models import Base, Job, Observation, Poll, Transition, TransitionKind, succeeded
@@ -82,6 +83,43 @@ def test_a_poll_with_1000_jobs_in_flight_and_no_change_writes_one_row(
         "rollup_peaks": 0,
     }
     assert sum(after_third.values()) - sum(after_second.values()) == 1
+
+
+def plans(engine: Engine, call: Callable[[], object]) -> list[str]:
+    """SQLite's plan of every statement on jobs that `call` runs, one line per step."""
+    statements: list[tuple[str, Any]] = []
+
+    def seen(_conn: Any, _cursor: Any, sql: str, params: Any, _ctx: Any, many: bool) -> None:
+        if not many and " jobs" in sql:
+            statements.append((sql, params))
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        call()
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    with engine.connect() as conn:
+        return [
+            " / ".join(step[-1] for step in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", p))
+            for sql, p in statements
+        ]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_the_stores_lookups_of_jobs_use_their_indexes(store: Store, engine: Engine) -> None:
+    # Running and finished jobs, so that an index on status would look attractive.
+    recorder = pipeline(store, ManualClock(T0), [many_jobs(50, T0), many_jobs(20, T0 + 10.0)])
+    recorder.poll_once()
+    recorder.poll_once()
+    target_id = recorder.attach(T0)
+    ids = [f"user:1-pixverse:a{k % 5}@example.com-video:{k}" for k in range(50)]
+    # The open jobs, by the partial index of running jobs; the finished ones among some ids,
+    # by the unique index (not by status: every finished job).
+    (running,) = plans(engine, lambda: store.load(target_id))
+    assert running == "SEARCH jobs USING INDEX ix_jobs_running (target_id=?)"
+    (closed,) = plans(engine, lambda: store.closed_jobs(target_id, ids))
+    assert closed == "SEARCH jobs USING INDEX sqlite_autoindex_jobs_1 (target_id=? AND api_id=?)"
+    assert len(store.closed_jobs(target_id, ids)) == 30
 
 
 def simulated_run(

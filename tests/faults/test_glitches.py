@@ -45,7 +45,7 @@ def test_a_glitch_reopens_the_jobs_with_the_right_duration(store: Store) -> None
         transitions = conn.execute(
             select(Job.api_id, Transition.kind)
             .join(Job, Job.id == Transition.job_id)
-            .order_by(Transition.id)
+            .order_by(Transition.poll_id, Transition.job_id)
         ).all()
     assert len({j.api_id for j in jobs}) == len(jobs)  # one row per job
     reappeared = {t.api_id for t in transitions if t.kind == "reappeared"}

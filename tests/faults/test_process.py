@@ -41,7 +41,9 @@ def history(db_url: str) -> tuple[list[Any], list[Any], list[Any]]:
     with engine.connect() as conn:
         jobs = conn.execute(select(Job.__table__)).all()
         polls = conn.execute(select(Poll.__table__).order_by(Poll.id)).all()
-        transitions = conn.execute(select(Transition.__table__).order_by(Transition.id)).all()
+        transitions = conn.execute(
+            select(Transition.__table__).order_by(Transition.poll_id, Transition.job_id)
+        ).all()
     engine.dispose()
     return jobs, polls, transitions
 
