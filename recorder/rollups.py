@@ -170,7 +170,7 @@ def _overlapping(conn: Connection, lo: float, hi: float) -> list[Finished]:
     d = Dialect.of(conn)
     status = f"{d.no_index('j.status')} = '{JobStatus.FINISHED}'"
     query = text(
-        f"{_select(d)} WHERE j.end_at > :lo AND j.end_at < :reach"
+        f"{_select(d)} WHERE j.end_at > :lo AND j.end_at <= :reach"
         f" AND {d.no_index('j.start_at')} < :hi AND {status}"
     ).bindparams(
         bindparam("lo", to_datetime(lo), type_=UTCDateTime()),
@@ -257,6 +257,8 @@ def rebuild(conn: Connection) -> None:
 
 def _first_after(conn: Connection, d: Dialect, t: float | None) -> int | None:
     """The first hour at or after `t` that a finished job can count in, or None."""
+    if t is not None and t > LATEST:
+        return None
     after = "" if t is None else " AND j.{0} >= :t"
     status = f"{d.no_index('j.status')} = '{JobStatus.FINISHED}'"
     found = []
@@ -320,12 +322,21 @@ def _jobs_for(conn: Connection, first: int, last: int) -> list[Finished]:
     d = Dialect.of(conn)
     status = f"{d.no_index('j.status')} = '{JobStatus.FINISHED}'"
     lo, hi = first * HOUR, (last + 1) * HOUR
-    times = {"lo": to_datetime(lo), "hi": to_datetime(hi), "reach": to_datetime(hi + LONG_JOB_S)}
+    # `before` is the SQL for "earlier than `hi`": the last hour a database holds ends one second
+    # after the latest time it holds (year 9999), which no datetime can express.
+    before = "<" if hi <= LATEST else "<="
+    times = {
+        "lo": to_datetime(lo),
+        "hi": to_datetime(min(hi, LATEST)),
+        "reach": to_datetime(min(hi + LONG_JOB_S, LATEST)),
+    }
     found: dict[int, Finished] = {}
     for condition in (
-        "j.start_at >= :lo AND j.start_at < :hi",
-        f"j.end_at >= :lo AND j.end_at < :reach AND {d.no_index('j.start_at')} < :hi",
-        f"j.end_at >= :lo AND j.end_at < :hi AND {d.no_index('j.start_at')} >= :hi",
+        # Those the second range misses: long, or ending before they start.
+        f"j.start_at >= :lo AND j.start_at {before} :hi"
+        f" AND ({d.no_index('j.end_at')} >= :reach OR {d.no_index('j.end_at')} < :lo)",
+        f"j.end_at >= :lo AND j.end_at <= :reach AND {d.no_index('j.start_at')} {before} :hi",
+        f"j.end_at >= :lo AND j.end_at {before} :hi AND {d.no_index('j.start_at')} >= :hi",
     ):
         query = text(f"{_select(d)} WHERE {condition} AND {status}").bindparams(
             *(

@@ -410,7 +410,10 @@ class _Groups:
         assert self.time_key is not None
         size = TIME_KEYS[self.time_key]
         since = max(self.query.since, to_datetime(b0))
-        return since, min(self.query.until, to_datetime(b0 + size))
+        # Compared as numbers: the last bucket of year 9999 ends after the last datetime.
+        if b0 + size >= self.query.until.timestamp():
+            return since, self.query.until
+        return since, to_datetime(b0 + size)
 
     def at(self, row: Mapping[Any, Any]) -> Group:
         """The group for a result row's key columns, created if new."""
@@ -866,7 +869,7 @@ class _Sql:
                 FROM jobs j
                 WHERE {self._status(JobStatus.FINISHED, indexed=False)}
                       AND {self._time("j.end_at")} > :since_ts
-                      AND {self._time("j.end_at")} < :reach_ts
+                      AND {self._time("j.end_at")} <= :reach_ts
                       AND {self.d.no_index("j.start_at")} < :until_ts
                       AND NOT ({rollups.long_job_sql(d)})
                       {self._target("j.target_id")}

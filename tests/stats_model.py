@@ -51,7 +51,9 @@ class Truth:
     def histogram(self) -> dict[float, int]:
         bins: dict[float, int] = defaultdict(int)
         for d in self.durations:
-            lower = max(edge for edge in HISTOGRAM_EDGES if edge <= d)
+            lower = max(
+                (edge for edge in HISTOGRAM_EDGES if edge <= d), default=0
+            )  # < 0: the first bin
             bins[float(lower)] += 1
         return dict(bins)
 

@@ -10,11 +10,20 @@ import pytest
 from alembic import command
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, insert, select
 
 from recorder import db, rollups, stats
-from recorder.clock import to_datetime
-from recorder.models import Base, RollupHour, RollupPeak, Transition, TransitionKind
+from recorder.clock import EARLIEST, LATEST, to_datetime
+from recorder.models import (
+    Base,
+    Job,
+    Poll,
+    RollupHour,
+    RollupPeak,
+    Target,
+    Transition,
+    TransitionKind,
+)
 from recorder.parse import normalize_items
 from recorder.pipeline import Pipeline
 from recorder.retention import prune
@@ -351,3 +360,39 @@ def test_db_upgrade_fills_the_rollups_of_a_database_that_had_jobs(engine: Engine
     command.downgrade(config, "0006")
     command.upgrade(config, "head")
     assert snapshot(engine) == kept
+
+
+def test_jobs_at_the_ends_of_time_cost_their_own_rows(engine: Engine) -> None:
+    """Clamped times (the epoch, the last second of year 9999) and a job that ends before it
+    starts: the rollups hold a few rows for them, a rebuild and a refresh of their hours agree,
+    and a report over all of time is the model's."""
+    at = to_datetime
+    with engine.begin() as conn:
+        conn.execute(insert(Target).values(id=1, url=URLS[0], created_at=at(T0)))
+        poll = {"target_id": 1, "latency_s": 0.0, "outcome": "ok", "after_gap": False}
+        conn.execute(insert(Poll).values(id=1, sent_at=at(T0), received_at=at(T0), **poll))
+        spans = [(EARLIEST, T0), (LATEST, T0), (LATEST - 10, LATEST), (T0, T0 + 30)]
+        for n, (start, end) in enumerate(spans, start=1):
+            conn.execute(
+                insert(Job).values(
+                    target_id=1,
+                    api_id=f"job-{n}",
+                    type="video",
+                    status="finished",
+                    first_poll_id=1,
+                    last_poll_id=1,
+                    start_at=at(start),
+                    start_source="poll",
+                    end_at=at(end),
+                    duration_s=end - start,
+                    closed_across_gap=False,
+                )
+            )
+        rollups.rebuild(conn)
+    rebuilt = snapshot(engine)
+    assert len(rebuilt[0]) <= 6  # start and end hours, not one row per hour since 1970
+    with engine.begin() as conn:
+        rollups.refresh(conn, rollups.hours_of(conn, [1, 2, 3, 4]))
+    assert snapshot(engine) == rebuilt
+    report_is_the_truth(engine, EARLIEST, LATEST, ())
+    report_is_the_truth(engine, LATEST - 86400 * 3, LATEST, ("day",))
