@@ -473,37 +473,43 @@ def levels_at_new(around: list[Finished], new: set[int]) -> dict[PeakKey, int]:
     targets = {job.target_id for job in around}
     scopes = [s for s in SCOPES if not s & BY_TARGET] if len(targets) == 1 else list(SCOPES)
     followed = {(scope, *_parts(job, scope)) for job in around if job.id in new for scope in scopes}
-    # Per job, the followed groups it is in, found once.
-    groups: dict[int, list[tuple[int, tuple[int | None, str | None, str | None]]]] = {}
-    events: list[tuple[float, int, bool, int, int]] = []
+    # Each followed group gets a number; each job's (target, type, account) the numbers of the
+    # followed groups it is in, found once per distinct triple.
+    numbers = {group: number for number, group in enumerate(sorted(followed, key=repr))}
+    memberships: dict[tuple[int, str | None, str | None], list[int]] = {}
+    events: list[tuple[float, int, bool, int, tuple[int, ...]]] = []
     for job in around:
-        fresh = job.id in new
-        mine = [
-            (scope, parts)
-            for scope in scopes
-            if (scope, *(parts := _parts(job, scope))) in followed
-        ]
+        triple = (job.target_id, job.type, job.account)
+        mine = memberships.get(triple)
+        if mine is None:
+            groups = ((scope, *_parts(job, scope)) for scope in scopes)
+            mine = memberships[triple] = [numbers[g] for g in groups if g in numbers]
         if not mine:
             continue
-        groups[job.id] = mine
+        fresh, joined = job.id in new, tuple(mine)
         for hour, lo, hi in _hour_pieces(job, -(2**40), 2**40):
-            events += ((lo, 1, fresh, hour, job.id), (hi, -1, fresh, hour, job.id))
-    events.sort(key=lambda event: (event[0], event[1]))
-    level: dict[PeakKey, int] = defaultdict(int)
-    fresh_open: dict[PeakKey, int] = defaultdict(int)
-    best: dict[PeakKey, int] = {}
-    for _, delta, fresh, hour, job_id in events:
-        for scope, parts in groups[job_id]:
-            key = (scope, hour, *parts)
+            events += ((lo, 1, fresh, hour, joined), (hi, -1, fresh, hour, joined))
+    # Natural tuple order: by time, a close (-1) before an open (+1) at the same instant.
+    events.sort()
+    level: dict[tuple[int, int], int] = defaultdict(int)
+    fresh_open: dict[tuple[int, int], int] = defaultdict(int)
+    best: dict[tuple[int, int], int] = {}
+    for _, delta, fresh, hour, joined in events:
+        for number in joined:
+            key = (number, hour)
             now = level[key] = level[key] + delta
             if fresh:
                 fresh_open[key] += delta
             if delta > 0 and now > best.get(key, 0) and fresh_open[key] > 0:
                 best[key] = now
-    if len(targets) == 1:
-        (target_id,) = targets
-        best |= {(k[0] | BY_TARGET, k[1], target_id, *k[3:]): v for k, v in list(best.items())}
-    return best
+    groups_by_number = {number: group for group, number in numbers.items()}
+    found: dict[PeakKey, int] = {}
+    for (number, hour), value in best.items():
+        scope, target_id, type_, account = groups_by_number[number]
+        found[(scope, hour, target_id, type_, account)] = value
+        if len(targets) == 1:
+            found[(scope | BY_TARGET, hour, next(iter(targets)), type_, account)] = value
+    return found
 
 
 def _parts(job: Finished, scope: int) -> tuple[int | None, str | None, str | None]:
