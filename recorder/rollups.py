@@ -111,7 +111,8 @@ def lock(conn: Connection) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
 
 
-_LOCK_KEY = 0x726F6C6C75707321  # "rollups!", beside the leases' per-target keys
+# "rollups!": one 64-bit key, a key space apart from the leases' (class, target) pairs.
+_LOCK_KEY = 0x726F6C6C75707321
 
 
 def refresh(conn: Connection, hours: Iterable[int]) -> None:
