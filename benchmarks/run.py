@@ -1,9 +1,17 @@
 """Run the benchmarks and print a table; write the results as JSON.
 
-    python -m benchmarks.run [--db-dir DIR] [--postgres URL] [--size tiny|full] [--out FILE]
+    python -m benchmarks.run [--size tiny|full] [--only SECTION,...] [--jobs N] [--targets K]
+                             [--days D] [--repeat R] [--db-dir DIR] [--postgres URL] [--out FILE]
 
 `tiny` (what CI runs, to keep the benchmarks working) takes seconds; `full` takes minutes and
-produces the figures in docs/performance.md.
+produces the figures in docs/performance.md. Sections: startup, ingest, fill, reports (in
+process), reports_cli (each report through the CLI against the plain table aggregate), storage,
+prune and daemon; `--only reports_cli` runs just that one, e.g. on a bigger fill (`--jobs
+10000000 --targets 10`). The report sections share one filled database (benchmarks/filled.py):
+with `--db-dir DIR` it is kept there and reused by later runs that ask for the same fill; with
+`--postgres URL` it is a database of its own beside URL's, kept likewise. `--only fill` makes
+the database and measures nothing, so that a long fill can run under `nice` and the
+measurements without.
 """
 
 from __future__ import annotations
@@ -11,9 +19,11 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import platform
 import random
+import re
 import signal
 import sqlite3
 import statistics
@@ -26,8 +36,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event, func, select, text
+from sqlalchemy import Engine, create_engine, event, func, select, text
 
+import recorder
+from benchmarks import filled as kept
 from benchmarks.fill import fill
 from recorder import db, readonly, reports, stats
 from recorder.models import Base
@@ -44,7 +56,7 @@ SIZES = {
         "in_flight": (10, 100),
         "fine_in_flight": (10, 1_000),
         "polls": 5,
-        "jobs": (2_000,),
+        "jobs": 2_000,
         "days": 2,
         "daemon_s": 5,
         "prune_days": 2,
@@ -54,18 +66,22 @@ SIZES = {
         "in_flight": (10, 1_000, 10_000),
         "fine_in_flight": (10, 1_000, 10_000),
         "polls": 50,
-        "jobs": (1_000_000,),
+        "jobs": 1_000_000,
         "days": 30,
         "daemon_s": 300,
         "prune_days": 1200,
         "startup_runs": 10,
     },
 }
+# `fill` only makes (or finds) the reports' database: `nice` it, then measure without.
+SECTIONS = ("startup", "ingest", "fill", "reports", "reports_cli", "storage", "prune", "daemon")
 PAGE = 4096  # SQLite's default page size
 BASELINE = (
     "SELECT type, count(*), avg(duration_s) FROM job_history "
     "WHERE status = 'finished' GROUP BY type"
 )
+# The reference every report is measured against: the single-pass aggregate on the table.
+TABLE_AGGREGATE = BASELINE.replace("job_history", "jobs")
 
 
 def timed(fn: Callable[[], Any], repeat: int = 3) -> float:
@@ -207,14 +223,13 @@ def bench_ingest_fine_clock(url: str, n: int, polls: int) -> dict[str, Any]:
     return results
 
 
-def bench_reports(url: str, jobs: int, days: int) -> dict[str, Any]:
-    engine = db.open_database(url)
-    end = time.time()
-    filled = fill(engine, jobs, days, end=end)
-    now = datetime.now(UTC)
-    whole = (now - timedelta(days=days + 1), now)
+def bench_reports(filled: kept.Filled) -> dict[str, Any]:
+    """The reports in process, on the filled database: the query and rendering, no start-up."""
+    engine = db.open_database(filled.url)
+    now = datetime.fromtimestamp(filled.end, UTC)
+    whole = (now - timedelta(days=filled.spec.days + 1), now)
     day = (now - timedelta(hours=24), now)
-    results: dict[str, Any] = {"jobs": jobs, "fill_s": round(filled["seconds"], 1), "windows": {}}
+    results: dict[str, Any] = {"jobs": filled.spec.jobs, "windows": {}}
     ro = readonly.readonly_engine(engine)
 
     def baseline(window: tuple[datetime, datetime]) -> None:
@@ -243,13 +258,134 @@ def bench_reports(url: str, jobs: int, days: int) -> dict[str, Any]:
     return results
 
 
+def report_commands(filled: kept.Filled) -> dict[str, list[str]]:
+    """Each report as `recorder` arguments, the reference (`table_aggregate`) first.
+
+    The recent windows end where the history ends (`--until`), not at the present: a kept
+    database is reused long after it was filled, when the last 24 hours hold none of its jobs.
+    """
+    until = math.ceil(filled.end)
+    end, hour_before = _iso(until), _iso(until - 3600)
+    return {
+        "table_aggregate": ["sql", TABLE_AGGREGATE, "--format", "json"],
+        "view_aggregate": ["sql", BASELINE, "--format", "json"],
+        "stats_by_type_all": ["stats", "--by", "type", "--since", "3650d", "--format", "json"],
+        "stats_by_day_all": ["stats", "--by", "day", "--since", "3650d", "--format", "json"],
+        "stats_by_type_24h": ["stats", "--by", "type", "--until", end, "--format", "json"],
+        "jobs_1h": ["jobs", "--since", hour_before, "--until", end, "--format", "json"],
+    }
+
+
+def shown(args: list[str]) -> str:
+    """A command line to read (and paste into a shell): arguments with spaces in double quotes."""
+    return " ".join(a if re.fullmatch(r"[\w.,:/=+-]+", a) else f'"{a}"' for a in args)
+
+
+def _iso(ts: float) -> str:
+    return f"{datetime.fromtimestamp(ts, UTC):%Y-%m-%dT%H:%M:%SZ}"
+
+
+def bench_reports_cli(filled: kept.Filled, repeat: int = 3) -> dict[str, Any]:
+    """Each report through the CLI, a fresh `python -m recorder` process, against the plain
+    table aggregate run the same way: wall time, start-up included in both, best of `repeat`.
+
+    Each command's runs follow one another, so that the best of them finds the database's
+    pages in the OS cache, as the others' do: taking turns instead made the reference, run after
+    the long whole-history reports, read its index from disk every time (the host reclaims
+    pages left unused for a while), at 2 to 3 times its warm figure over 10,000,000 jobs.
+    """
+    commands = report_commands(filled)
+    env = cli_env()
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    out_bytes: dict[str, int] = {}
+    for name, args in commands.items():
+        for _ in range(repeat):
+            command = [sys.executable, "-m", "recorder", "--db", filled.url, *args]
+            began = time.perf_counter()
+            done = subprocess.run(command, env=env, capture_output=True, check=False)
+            times[name].append(time.perf_counter() - began)
+            if done.returncode != 0:
+                raise RuntimeError(
+                    f"recorder --db {db.masked(filled.url)} {shown(args)} failed "
+                    f"({done.returncode}): "
+                    f"{done.stderr.decode(errors='replace').strip()}"
+                )
+            out_bytes[name] = len(done.stdout)
+    reference = min(times["table_aggregate"])
+    figures: dict[str, dict[str, Any]] = {
+        name: {
+            "command": shown(["recorder", *args]),
+            "s": round(min(times[name]), 3),
+            "ratio": round(min(times[name]) / reference, 2),
+            "runs_s": [round(t, 3) for t in times[name]],
+            "output_bytes": out_bytes[name],
+        }
+        for name, args in commands.items()
+    }
+    return {
+        "jobs": filled.spec.jobs,
+        "targets": filled.spec.targets,
+        "days": filled.spec.days,
+        "seed": filled.spec.seed,
+        "database": db.describe_location(filled.url),
+        "reused": filled.reused,
+        "history_end": _iso(filled.end),
+        "fill": filled.figures,
+        "repeat": repeat,
+        "reports": figures,
+        "within_2x": all(f["ratio"] <= 2.0 for f in figures.values()),
+    }
+
+
+def print_reports_cli(backend: str, results: dict[str, Any]) -> None:
+    """Each report's time and its ratio to the plain table aggregate, one line each."""
+    fill_figures = results["fill"]
+    steps = ", ".join(
+        f"{key.removesuffix('_s')} {value} s"
+        for key, value in fill_figures.items()
+        if key.endswith("_s") and value
+    )
+    how = "reused; filled earlier" if results["reused"] else "filled"
+    print(
+        f"{backend} reports_cli: {results['jobs']:,} jobs on {results['targets']} target(s) over "
+        f"{results['days']:g} days, {how} in {fill_figures['seconds']} s ({steps}), "
+        f"at {results['database']}",
+        flush=True,
+    )
+    for name, figure in results["reports"].items():
+        print(
+            f"  {name:<18} {figure['s']:8.3f} s {figure['ratio']:7.2f}x   {figure['command']}",
+            flush=True,
+        )
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for `python -m recorder`: the recorder imported here, no RECORDER_DB."""
+    root = str(Path(recorder.__file__).resolve().parent.parent)
+    env = {k: v for k, v in os.environ.items() if k != db.ENV_DB}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [root, *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root)]
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", "import recorder; print(recorder.__file__)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if Path(found).resolve() != Path(recorder.__file__).resolve():
+        raise RuntimeError(f"the CLI would run {found}, not {recorder.__file__}")
+    return env
+
+
 def bench_storage(url: str) -> dict[str, Any]:
     """Bytes a no-change poll and a job add, measured on a database of their own."""
     engine = db.open_database(url)
     empty = size_bytes(engine)
-    fill(engine, 0, 5)  # 43,200 polls and no job
+    # A database of the benchmark's own: no syncs during the fills (no effect on PostgreSQL).
+    fill(engine, 0, 5, durable=False)  # 43,200 polls and no job
     with_polls = size_bytes(engine)
-    fill(engine, 50_000, 1, seed=2)  # and 50,000 jobs (with 8,640 polls)
+    fill(engine, 50_000, 1, seed=2, durable=False)  # and 50,000 jobs (with 8,640 polls)
     with_jobs = size_bytes(engine)
     engine.dispose()
     per_poll = (with_polls - empty) / 43_200
@@ -283,7 +419,7 @@ def bench_daemon(url: str, seconds: float) -> dict[str, Any]:
             "1",
         ]
         process = subprocess.Popen(
-            command, env=os.environ | {"USEAPI_TOKEN": "bench"}, stderr=subprocess.DEVNULL
+            command, env=cli_env() | {"USEAPI_TOKEN": "bench"}, stderr=subprocess.DEVNULL
         )
         rss = []
         began = time.monotonic()
@@ -310,7 +446,7 @@ def bench_daemon(url: str, seconds: float) -> dict[str, Any]:
 def bench_prune(url: str, days: int) -> dict[str, Any]:
     """`recorder prune --polls-older-than` half the history, on a history of mostly idle polls."""
     engine = db.open_database(url)
-    filled = fill(engine, 1_000, days)
+    filled = fill(engine, 1_000, days, durable=False)
     began = time.perf_counter()
     result = prune(engine, datetime.now(UTC) - timedelta(days=days / 2))
     took = time.perf_counter() - began
@@ -331,7 +467,7 @@ def bench_startup(url: str, runs: int) -> dict[str, Any]:
     and what remains is start-up: imports, opening the database, checking its schema.
     """
     engine = db.open_database(url)
-    fill(engine, 1_000, 1)
+    fill(engine, 1_000, 1, durable=False)
     engine.dispose()
     recorder = [sys.executable, "-m", "recorder"]
     commands = {
@@ -340,7 +476,7 @@ def bench_startup(url: str, runs: int) -> dict[str, Any]:
         "jobs_limit_1": [*recorder, "--db", url, "jobs", "--limit", "1", "--format", "json"],
         "stats_24h": [*recorder, "--db", url, "stats", "--format", "json"],
     }
-    env = {k: v for k, v in os.environ.items() if k != "RECORDER_DB"}
+    env = cli_env()
 
     def run(command: list[str]) -> None:
         subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -352,50 +488,147 @@ def bench_startup(url: str, runs: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    """Run everything for one size on SQLite (and PostgreSQL when given), print, write JSON."""
+    """Run the sections asked for on SQLite (and PostgreSQL when given), print, write JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
-    parser.add_argument("--postgres", help="a database URL to run the database benchmarks on too")
+    parser.add_argument(
+        "--only",
+        type=_sections,
+        default=SECTIONS,
+        metavar="SECTION,...",
+        help=f"run only these sections, of: {', '.join(SECTIONS)}",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=_positive,
+        help="jobs in the reports' database [default: 2,000 tiny, 1,000,000 full]",
+    )
+    parser.add_argument(
+        "--targets",
+        type=_positive,
+        default=1,
+        help="targets the jobs are shared among [default: 1]",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=_positive,
+        default=3,
+        help="reports_cli: runs of each command, the best counts [default: 3]",
+    )
+    parser.add_argument("--days", type=float, help="days of history [default: 2 tiny, 30 full]")
+    parser.add_argument(
+        "--db-dir",
+        type=Path,
+        help="keep the reports' SQLite database here, and reuse one that holds the same fill",
+    )
+    parser.add_argument(
+        "--postgres",
+        help="run the database benchmarks on PostgreSQL too, each in a database of its own "
+        "beside this URL's (created, and dropped at the end but for the kept fill)",
+    )
     parser.add_argument("--out", default="benchmark-results.json")
     args = parser.parse_args()
     size = SIZES[args.size]
+    spec = kept.Spec(
+        jobs=args.jobs if args.jobs is not None else size["jobs"],
+        targets=args.targets,
+        days=args.days if args.days is not None else size["days"],
+    )
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}",
         "size": args.size,
+        "sections": list(args.only),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        results["startup"] = bench_startup(f"sqlite:///{tmp}/startup.db", size["startup_runs"])
-        print("startup", json.dumps(results["startup"]), flush=True)
-        backends = {"sqlite": lambda name: f"sqlite:///{tmp}/{name}.db"}
+        if "startup" in args.only:
+            results["startup"] = bench_startup(f"sqlite:///{tmp}/startup.db", size["startup_runs"])
+            print("startup", json.dumps(results["startup"]), flush=True)
+        kept_dir = args.db_dir or Path(tmp)
+        backends: dict[str, Callable[[str], str]] = {
+            "sqlite": lambda name: f"sqlite:///{tmp}/{name}.db"
+        }
+        filled_for = {"sqlite": lambda: kept.sqlite(spec, kept_dir)}
+        scratch: list[str] = []  # PostgreSQL's throwaway databases, dropped at the end
         if args.postgres:
-            backends["postgresql"] = lambda name: args.postgres
+
+            def pg_scratch(name: str) -> str:
+                scratch.append(name)
+                return kept.recreate_postgres(args.postgres, name)
+
+            backends["postgresql"] = pg_scratch
+            filled_for["postgresql"] = lambda: kept.postgres(spec, args.postgres)
+            results["postgresql_version"] = _server_version(args.postgres)
         for backend, url_for in backends.items():
             out: dict[str, Any] = {}
-            out["ingest"] = [
-                bench_ingest(url_for(f"ingest{n}"), n, size["polls"]) for n in size["in_flight"]
-            ]
-            print(backend, "ingest", json.dumps(out["ingest"]), flush=True)
-            out["ingest_fine_clock"] = [
-                bench_ingest_fine_clock(url_for(f"fine{n}"), n, size["polls"])
-                for n in size["fine_in_flight"]
-            ]
-            print(backend, "ingest_fine_clock", json.dumps(out["ingest_fine_clock"]), flush=True)
-            out["reports"] = [
-                bench_reports(url_for(f"reports{n}"), n, size["days"]) for n in size["jobs"]
-            ]
-            print(backend, "reports", json.dumps(out["reports"]), flush=True)
-            out["storage"] = bench_storage(url_for("storage"))
-            print(backend, "storage", json.dumps(out["storage"]), flush=True)
-            if backend == "sqlite":
+            if "ingest" in args.only:
+                out["ingest"] = [
+                    bench_ingest(url_for(f"ingest{n}"), n, size["polls"]) for n in size["in_flight"]
+                ]
+                print(backend, "ingest", json.dumps(out["ingest"]), flush=True)
+                out["ingest_fine_clock"] = [
+                    bench_ingest_fine_clock(url_for(f"fine{n}"), n, size["polls"])
+                    for n in size["fine_in_flight"]
+                ]
+                print(
+                    backend, "ingest_fine_clock", json.dumps(out["ingest_fine_clock"]), flush=True
+                )
+            if {"fill", "reports", "reports_cli"} & set(args.only):
+                filled = filled_for[backend]()
+                out["fill"] = {
+                    "database": db.describe_location(filled.url),
+                    "reused": filled.reused,
+                    **filled.figures,
+                }
+                print(backend, "fill", json.dumps(out["fill"]), flush=True)
+                if "reports" in args.only:
+                    out["reports"] = bench_reports(filled)
+                    print(backend, "reports", json.dumps(out["reports"]), flush=True)
+                if "reports_cli" in args.only:
+                    out["reports_cli"] = bench_reports_cli(filled, args.repeat)
+                    print_reports_cli(backend, out["reports_cli"])
+            if "storage" in args.only:
+                out["storage"] = bench_storage(url_for("storage"))
+                print(backend, "storage", json.dumps(out["storage"]), flush=True)
+            if backend == "sqlite" and "prune" in args.only:
                 out["prune"] = bench_prune(url_for("prune"), size["prune_days"])
                 print(backend, "prune", json.dumps(out["prune"]), flush=True)
+            if backend == "sqlite" and "daemon" in args.only:
                 out["daemon"] = bench_daemon(url_for("daemon"), size["daemon_s"])
                 print(backend, "daemon", json.dumps(out["daemon"]), flush=True)
             results[backend] = out
+        for name in scratch:
+            kept.drop_postgres(args.postgres, name)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"results written to {args.out}")
+
+
+def _sections(value: str) -> tuple[str, ...]:
+    chosen = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = [name for name in chosen if name not in SECTIONS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown section(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(SECTIONS)}"
+        )
+    return chosen
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
+    return number
+
+
+def _server_version(url: str) -> str:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return str(conn.exec_driver_sql("SHOW server_version").scalar())
+    finally:
+        engine.dispose()
 
 
 if __name__ == "__main__":
