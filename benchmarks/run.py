@@ -55,6 +55,7 @@ SIZES = {
     "tiny": {
         "in_flight": (10, 100),
         "fine_in_flight": (10, 1_000),
+        "stream": ((100, 1, 30),),
         "polls": 5,
         "jobs": 2_000,
         "days": 2,
@@ -65,6 +66,7 @@ SIZES = {
     "full": {
         "in_flight": (10, 1_000, 10_000),
         "fine_in_flight": (10, 1_000, 10_000),
+        "stream": ((1_000, 10, 400), (10_000, 100, 100)),
         "polls": 50,
         "jobs": 1_000_000,
         "days": 30,
@@ -174,6 +176,46 @@ def _poll_costs(
         "rows_per_poll_max": max(written),
         "pages_per_poll": statistics.median(pages) if pages else None,
     }
+
+
+def stream_listing(n: int, closes: int, k: int, start: float) -> PollResult:
+    """Poll `k` of a steady stream 10 s apart: `n` jobs in flight, `closes` of them ending and
+    as many starting between polls (each job runs ``n / closes`` polls)."""
+    now = start + 10.0 * k
+    items = []
+    for j in range(k * closes, k * closes + n):
+        began = start + (j - n) / closes * 10.0
+        items.append(
+            {
+                "id": f"user:1-pixverse:a{j % 5}@example.com-video:{j}",
+                "type": "video" if j % 3 else "image",
+                "started": format_started(began),
+                "elapsed": _elapsed(now - began),
+            }
+        )
+    return PollResult(now, now + 0.01, 200, normalize_items(items))
+
+
+def bench_ingest_stream(url: str, n: int, closes: int, polls: int) -> dict[str, Any]:
+    """Per poll of a steady stream (`stream_listing`): what closing jobs costs, the rollups'
+    upkeep included, as an hour of them fills up."""
+    engine, wal = _ingest_engine(url)
+    store = Store(engine)
+    start = 1_700_002_800.0  # 47 minutes into an hour: the stream crosses an hour's edge
+    pipeline = Pipeline(
+        store, f"bench://stream/{n}", lambda: stream_listing(n, closes, 0, start), gap_s=60.0
+    )
+    pipeline.poll_once()
+    results = {
+        "in_flight": n,
+        "closes_per_poll": closes,
+        "polls": polls,
+        "closing": _poll_costs(
+            engine, wal, pipeline, (stream_listing(n, closes, k, start) for k in range(1, polls))
+        ),
+    }
+    engine.dispose()
+    return results
 
 
 def bench_ingest(url: str, n: int, polls: int) -> dict[str, Any]:
@@ -574,6 +616,11 @@ def main() -> None:
                 print(
                     backend, "ingest_fine_clock", json.dumps(out["ingest_fine_clock"]), flush=True
                 )
+                out["ingest_stream"] = [
+                    bench_ingest_stream(url_for(f"stream{n}"), n, closes, polls)
+                    for n, closes, polls in size["stream"]
+                ]
+                print(backend, "ingest_stream", json.dumps(out["ingest_stream"]), flush=True)
             if {"fill", "reports", "reports_cli"} & set(args.only):
                 filled = filled_for[backend]()
                 out["fill"] = {
