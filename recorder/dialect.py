@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, Table
 from sqlalchemy import Dialect as SQLAlchemyDialect
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import Executable
 
 from recorder.output import iso
@@ -60,8 +62,11 @@ class Dialect:
 
     def indexed_by(self, index: str) -> str:
         """After a table in FROM: read it through `index` (SQLite, whose planner without
-        statistics prefers a wider index to a partial one that fits; PostgreSQL chooses well)."""
-        return f" INDEXED BY {index}" if self.sqlite else ""
+        statistics prefers a wider index to a partial one that fits; PostgreSQL chooses well).
+
+        The same for a SQLAlchemy SELECT: ``.with_hint(table, indexed_by_hint(index), "sqlite")``.
+        """
+        return f" {indexed_by_hint(index)}" if self.sqlite else ""
 
     def end_day(self, alias: str) -> str:
         """The UTC day a job ended, as the index ``ix_jobs_finished_day`` has it: days since
@@ -105,3 +110,22 @@ class Dialect:
         if self.sqlite:
             return datetime.fromisoformat(value.replace("Z", "+00:00"))
         return cast(datetime, value)
+
+
+def indexed_by_hint(index: str) -> str:
+    """SQLite's table hint that makes a query read its table through `index`."""
+    return f"INDEXED BY {index}"
+
+
+@compiles(Table, "sqlite")
+def _table_with_hint(table: Table, compiler: SQLCompiler, **kw: Any) -> str:
+    """A table in a SELECT's FROM, followed by its ``with_hint(table, text, "sqlite")`` text.
+
+    SQLAlchemy's SQLite compiler drops table hints (only its MySQL, SQL Server and Oracle
+    compilers render them). SQLite takes ``INDEXED BY`` after the table's name and alias; a hint
+    on a table does not reach an alias of it (``aliased(Job)``), which is another FROM entry.
+    """
+    # SQLAlchemy leaves its visit methods untyped.
+    sql: str = compiler.visit_table(table, **kw)  # type: ignore[no-untyped-call]
+    hint = (kw.get("fromhints") or {}).get(table)
+    return f"{sql} {hint}" if hint and kw.get("asfrom") else sql

@@ -18,11 +18,11 @@ Tables (see docs/schema.md):
 
 Beside the tables are the facts about their rows that every query shares, each written once: a
 job's status values (`JobStatus`) and how a query tests one (`has_status`, which the partial
-index of running jobs needs), a transition's kinds (`TransitionKind`), what a successful
-poll is (`succeeded`), which poll is a target's latest successful one (`latest_ok_id`,
-`latest_ok_per_target`) and how many polls have failed since (`failing_streak`). The
-hand-written report SQL gets the successful poll and the latest one as text (`ok_sql`,
-`latest_ok_sql`).
+indexes need), how a query reads the running jobs (`running_jobs`, through their partial
+index), a transition's kinds (`TransitionKind`), what a successful poll is (`succeeded`), which
+poll is a target's latest successful one (`latest_ok_id`, `latest_ok_per_target`) and how many
+polls have failed since (`failing_streak`). The hand-written report SQL gets the successful
+poll and the latest one as text (`ok_sql`, `latest_ok_sql`).
 """
 
 from __future__ import annotations
@@ -53,11 +53,11 @@ from sqlalchemy import (
 )
 from sqlalchemy import Dialect as SQLAlchemyDialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, aliased, mapped_column
-from sqlalchemy.sql.selectable import ScalarSelect, Subquery
+from sqlalchemy.sql.selectable import ScalarSelect, Select, Subquery
 from sqlalchemy.types import TypeEngine
 
 from recorder.clock import to_datetime
-from recorder.dialect import Dialect
+from recorder.dialect import Dialect, indexed_by_hint
 from recorder.snapshot import Outcome
 
 NAMING_CONVENTION = {
@@ -74,6 +74,9 @@ NAMING_CONVENTION = {
 LONG_JOB_S = 86400
 LONG_JOB_SQLITE = f"status = 'finished' AND end_at - start_at > {LONG_JOB_S}"
 LONG_JOB_POSTGRESQL = f"status = 'finished' AND end_at - start_at > interval '{LONG_JOB_S} seconds'"
+
+# The partial index of the running jobs, which queries on them name (SQLite's INDEXED BY).
+RUNNING_INDEX = "ix_jobs_running"
 
 # SQLite only makes an INTEGER PRIMARY KEY an alias of the rowid (cheap and auto-increment).
 Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -222,7 +225,7 @@ class Job(Base):
         # them), none for the finished ones that are nearly every row. A query uses it only if
         # its SQL says `status = 'running'` as a literal (see `has_status`).
         Index(
-            "ix_jobs_running",
+            RUNNING_INDEX,
             "target_id",
             sqlite_where=text(f"status = '{JobStatus.RUNNING}'"),
             postgresql_where=text(f"status = '{JobStatus.RUNNING}'"),
@@ -233,12 +236,17 @@ class Job(Base):
         # deleting a poll, would otherwise scan the jobs.
         Index("ix_jobs_first_poll", "first_poll_id"),
         Index("ix_jobs_last_poll", "last_poll_id"),
-        # The percentiles' index seeks (recorder.stats), which read only this index; and the
-        # running jobs of every target, by its prefix. Not a partial index on the finished jobs
-        # (10 bytes less per job): without it, SQLite, which plans without statistics, reads
-        # the running jobs of `jobs --running`, of `jobs --since` and of the concurrency by a
-        # range of start_at, nearly every job.
-        Index("ix_jobs_status_type_duration", "status", "type", "duration_s"),
+        # The percentiles' index seeks (recorder.stats), which read only this index: the
+        # condition on status is the index's own, stored in no entry (SQLite 3.42 and older do
+        # not call the index covering, but never make the row look-up they defer). Queries on
+        # running jobs read ix_jobs_running (`running_jobs`), never an index by status.
+        Index(
+            "ix_jobs_finished_type_duration",
+            "type",
+            "duration_s",
+            sqlite_where=text(f"status = '{JobStatus.FINISHED}'"),
+            postgresql_where=text(f"status = '{JobStatus.FINISHED}'"),
+        ),
         # The few finished jobs too long for the concurrency rollups (recorder.rollups).
         Index(
             "ix_jobs_long",
@@ -296,7 +304,9 @@ class Observation(Base):
     elapsed_origin: Mapped[float | None] = mapped_column(Double)
 
     __table_args__ = (
-        Index("ix_observations_job_poll", "job_id", "poll_id"),
+        # A job's observations (one, or a few): the latest at or before a poll is picked from
+        # them, so the index needs no poll_id (migration 0008).
+        Index("ix_observations_job", "job_id"),
         Index("ix_observations_poll", "poll_id"),
     )
 
@@ -403,12 +413,25 @@ def has_status(status: JobStatus, column: Any = None) -> ColumnElement[bool]:
     """SQL: the job's status (`column`, by default ``jobs.status``) is `status`, written into the
     SQL as a literal.
 
-    The index of the running jobs is partial (``WHERE status = 'running'``), and a planner uses
-    a partial index only for a query whose WHERE implies the index's: PostgreSQL cannot tell
-    that from a bound parameter in a generic plan, and SQLite re-prepares the statement for
-    every value bound to find out.
+    The indexes of the running jobs and of the finished ones' durations are partial (``WHERE
+    status = 'running'``, ``'finished'``), and a planner uses a partial index only for a query
+    whose WHERE implies the index's: PostgreSQL cannot tell that from a bound parameter in a
+    generic plan, and SQLite re-prepares the statement for every value bound to find out.
     """
     return (Job.status if column is None else column) == literal(status.value, literal_execute=True)
+
+
+def running_jobs(stmt: Select[Any]) -> Select[Any]:
+    """`stmt`, a SELECT from jobs, narrowed to the running jobs and reading them through their
+    partial index.
+
+    Its SQL says ``status = 'running'`` literally (`has_status`), and on SQLite names the index
+    (``INDEXED BY``, as `Dialect.indexed_by` does in hand-written SQL): SQLite plans without
+    statistics, and would otherwise read the few running jobs along start_at, or the unique
+    index, through every job. PostgreSQL chooses the partial index by its statistics.
+    """
+    hint = indexed_by_hint(RUNNING_INDEX)
+    return stmt.where(has_status(JobStatus.RUNNING)).with_hint(Job, hint, "sqlite")
 
 
 def ok_sql(poll: str) -> str:

@@ -4,7 +4,7 @@ in quarantine (`recorder stats` has its own module, recorder.stats)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ from recorder.models import (
     failing_streak,
     has_status,
     latest_ok_id,
+    running_jobs,
     succeeded,
 )
 from recorder.output import human_duration
@@ -94,7 +95,8 @@ def _statement(query: JobQuery, *, sqlite: bool, by_start: bool = False) -> Any:
     disjoint (a running job has no end), each with every other filter, and a UNION ALL of the
     two is ordered and limited as the one SELECT was: the same rows in the same order.
 
-    SQLite has no statistics to choose an index by: in the finished half it is kept on the range
+    SQLite has no statistics to choose an index by: the running half names the partial index of
+    the running jobs (`running_jobs`), and the finished half is kept on the range
     `end_at >= since` (an equality on status would win otherwise, and read every finished
     job), or with `by_start` on `start_at < until` (see _fewer_started_than_ended).
     """
@@ -106,7 +108,7 @@ def _statement(query: JobQuery, *, sqlite: bool, by_start: bool = False) -> Any:
         # A half that the status filter empties is left out (but one half always remains).
         halves: list[Any] = []  # Any: mypy 2.4 crashes inferring union_all's generic type
         if query.status in (None, JobStatus.RUNNING):
-            halves.append(_filtered(_listing(key), query).where(has_status(JobStatus.RUNNING)))
+            halves.append(_filtered(_listing(key), replace(query, status=JobStatus.RUNNING)))
         if query.status != JobStatus.RUNNING:
             # On SQLite, only the chosen time range may be read along an index.
             end_at = _unindexed(Job.end_at) if sqlite and by_start else Job.end_at
@@ -177,11 +179,14 @@ def _listing(key: Any = None) -> Any:
 def _filtered(
     stmt: Any, query: JobQuery, *, status_indexed: bool = True, start_indexed: bool = True
 ) -> Any:
-    """`stmt` with every filter of `query` but `since` (see _statement); on SQLite, without
-    `status_indexed` no index may serve the status, without `start_indexed` none `until`."""
-    if query.status is not None:
-        status = Job.status if status_indexed else _unindexed(Job.status)
-        stmt = stmt.where(has_status(JobStatus(query.status), status))
+    """`stmt` with every filter of `query` but `since` (see _statement); running jobs are read
+    through their partial index (`running_jobs`). On SQLite, without `status_indexed` no index
+    may serve the status of finished jobs, without `start_indexed` none `until`."""
+    if query.status == JobStatus.RUNNING:
+        stmt = running_jobs(stmt)
+    elif query.status is not None:
+        column = Job.status if status_indexed else _unindexed(Job.status)
+        stmt = stmt.where(has_status(JobStatus(query.status), column))
     if query.types:
         stmt = stmt.where(Job.type.in_(query.types))
     if query.accounts:
@@ -312,9 +317,9 @@ def status(engine: Engine, now: datetime, max_age_s: float) -> list[dict[str, An
             last_ok_at = conn.scalar(select(Poll.sent_at).where(Poll.id == latest_ok_id(target.id)))
             failing = conn.scalar(select(failing_streak(target.id)))
             running = conn.scalar(
-                select(func.count())
-                .select_from(Job)
-                .where(Job.target_id == target.id, has_status(JobStatus.RUNNING))
+                running_jobs(
+                    select(func.count()).select_from(Job).where(Job.target_id == target.id)
+                )
             )
             holder = conn.scalar(select(Lease.holder).where(Lease.target_id == target.id))
             quarantined = conn.scalar(

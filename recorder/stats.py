@@ -34,6 +34,7 @@ from recorder.clock import LATEST, to_datetime
 from recorder.dialect import Dialect
 from recorder.models import (
     LONG_JOB_S,
+    RUNNING_INDEX,
     Job,
     JobStatus,
     Target,
@@ -263,7 +264,7 @@ def _covers_every_job(conn: Connection, query: StatsQuery) -> bool:
 
     Then the window's time conditions select every row: the queries scan the table instead of
     visiting it row by row through a time index, and the percentiles may be read off the
-    ``(status, type, duration_s)`` index, which knows nothing of times.
+    finished jobs' ``(type, duration_s)`` index, which knows nothing of times.
     """
     first_start, last_start, first_end, last_end = conn.execute(
         select(
@@ -381,7 +382,7 @@ def _seek_percentiles(
     conn: Connection, sql: _Sql, types: list[str | None], n: int
 ) -> dict[str, float]:
     """The nearest-rank percentiles of the finished jobs of `types` (n of them), each read at
-    its rank from the ``(status, type, duration_s)`` index, counted from the nearer end."""
+    its rank from the finished jobs' ``(type, duration_s)`` index, counted from the nearer end."""
     found: dict[str, float] = {}
     for p in PERCENTILES:
         rank = (p * n + 99) // 100  # ceil(p * n / 100), in integers
@@ -555,10 +556,16 @@ class _Sql:
         """SQL: job `j` has `status`; with `indexed=False`, no index is picked by status.
 
         Finished jobs are found by their end_at range: SQLite, which plans without statistics,
-        would otherwise scan every finished job by the (status, ...) index.
+        would otherwise scan every finished job through a partial index of the finished ones.
         """
         column = "j.status" if indexed else self.d.no_index("j.status")
         return f"{column} = '{status}'"
+
+    def _running_jobs(self) -> str:
+        """FROM: the jobs `j`, read through the partial index of the running ones, which the
+        WHERE must then select by `_status(JobStatus.RUNNING)` (SQLite would otherwise read
+        them along start_at, nearly every job; PostgreSQL chooses the index by itself)."""
+        return f"jobs j{self.d.indexed_by(RUNNING_INDEX)}"
 
     def _time(self, column: str) -> str:
         """A time column compared with the window; kept off its index when the window holds
@@ -574,8 +581,9 @@ class _Sql:
         )
 
     def seekable(self, conn: Connection) -> bool:
-        """True when the percentiles can be read off the ``(status, type, duration_s)`` index:
-        the groups are at most by type, and the window and --target select every finished job.
+        """True when the percentiles can be read off the finished jobs' ``(type, duration_s)``
+        index: the groups are at most by type, and the window and --target select every
+        finished job.
 
         Grouped by time or account, a group's jobs are not a range of that index; and in a
         window that is a part of the history, the window's jobs are found by their end (the
@@ -595,7 +603,8 @@ class _Sql:
         if self.target_id is None:
             return True
         # Each other target's jobs are read by target (the status unindexed: on SQLite, the
-        # (status, ...) index would walk every finished job of every target to find none).
+        # partial indexes of the finished jobs would walk every one of every target to find
+        # none).
         others = conn.execute(
             text(f"""
                 SELECT 1 FROM targets t
@@ -631,8 +640,9 @@ class _Sql:
 
     def seek(self, types: list[str | None], *, descending: bool) -> Any:
         """The duration at offset ``:skip`` of the finished jobs of `types`, ascending or
-        descending: one index range per type, merged in order (SQLite's ordered compound
-        select, PostgreSQL's Merge Append), so no sort."""
+        descending: one range of the finished jobs' ``(type, duration_s)`` index per type,
+        merged in order (SQLite's ordered compound select, PostgreSQL's Merge Append), so no
+        sort."""
         arms, params = [], {}
         for index, value in enumerate(types):
             if value is None:
@@ -692,7 +702,7 @@ class _Sql:
         only = "" if status is None else f" AND {self._status(status)}"
         return self._text(f"""
             SELECT {exprs + ", " if exprs else ""}COUNT(*) AS n
-            FROM jobs j
+            FROM {self._running_jobs() if status == JobStatus.RUNNING else "jobs j"}
             WHERE {self._time("j.start_at")} >= :since_ts AND {self._time("j.start_at")} < :until_ts
                   {self._target("j.target_id")}{only}
             {group}
@@ -767,7 +777,7 @@ class _Sql:
                 WHERE {rollups.long_job_sql(d)} AND j.end_at > :since_ts
                       AND {d.no_index("j.start_at")} < :until_ts{self._target("j.target_id")}
                 UNION ALL
-                SELECT MIN({d.epoch("j.start_at")}), NULL FROM jobs j
+                SELECT MIN({d.epoch("j.start_at")}), NULL FROM {self._running_jobs()}
                 WHERE {self._status(JobStatus.RUNNING)} AND j.start_at < :until_ts
                       {self._target("j.target_id")}
                 HAVING COUNT(*) > 0
@@ -785,7 +795,7 @@ class _Sql:
         group = f"GROUP BY {names}" if names else ""
         return self._text(f"""
             SELECT {exprs + ", " if exprs else ""}COUNT(*) AS n
-            FROM jobs j
+            FROM {self._running_jobs()}
             WHERE {self._status(JobStatus.RUNNING)}{self._target("j.target_id")}
             {group}
         """)
@@ -881,7 +891,7 @@ class _Sql:
                       {self._target("j.target_id")}
                 UNION ALL
                 SELECT {pre(k_exprs)}{d.epoch("j.start_at")} AS s, {end} AS e
-                FROM jobs j JOIN latest ON latest.target_id = j.target_id
+                FROM {self._running_jobs()} JOIN latest ON latest.target_id = j.target_id
                 WHERE {self._status(JobStatus.RUNNING)} AND j.start_at < :until_ts
                       {self._target("j.target_id")}
             ),

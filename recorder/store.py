@@ -38,8 +38,8 @@ from recorder.models import (
     Transition,
     TransitionKind,
     failing_streak,
-    has_status,
     latest_ok_id,
+    running_jobs,
     succeeded,
 )
 from recorder.snapshot import Item, Outcome, PollResult, Snapshot
@@ -137,9 +137,7 @@ class Store:
             open_jobs = {
                 row.api_id: _job_state(row)
                 for row in conn.execute(
-                    _job_state_query().where(
-                        Job.target_id == target_id, has_status(JobStatus.RUNNING)
-                    )
+                    running_jobs(_job_state_query().where(Job.target_id == target_id))
                 )
             }
             last_ok = conn.execute(

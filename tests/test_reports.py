@@ -22,6 +22,7 @@ from recorder.clock import to_datetime
 from recorder.models import Job, JobStatus, Poll, Target, latest_ok_per_target
 from recorder.output import iso
 from tests.histories import T0
+from tests.plans import plans
 
 
 def listed(url: str, *args: str) -> list[dict]:
@@ -231,6 +232,19 @@ def test_jobs_lists_the_same_rows_in_the_same_order_as_before_the_union(history:
     assert found_running and found_finished
 
 
+RUNNING_BY_INDEX = "SCAN jobs USING INDEX ix_jobs_running"  # the running jobs, and no other
+
+
+def sqlite_plan(tmp_path: Path, stmt: Any) -> list[str]:
+    """SQLite's plan of a reports statement, on an empty database of the current schema."""
+    engine = db.open_database(f"sqlite:///{tmp_path / 'plan.db'}")
+    compiled = stmt.compile(engine, compile_kwargs={"literal_binds": True})
+    with engine.connect() as conn:
+        plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")]
+    engine.dispose()
+    return plan
+
+
 @pytest.mark.parametrize(
     ("until", "status", "by_start", "finished_by"),
     [
@@ -239,35 +253,71 @@ def test_jobs_lists_the_same_rows_in_the_same_order_as_before_the_union(history:
         (3600.0, None, True, "ix_jobs_start_at (start_at<?)"),
         (None, "finished", False, "ix_jobs_end_at (end_at>?)"),
         (3600.0, "finished", True, "ix_jobs_start_at (start_at<?)"),
+        (None, "running", False, None),
+        (3600.0, "running", True, None),
     ],
 )
 def test_jobs_since_reads_index_ranges_on_sqlite(
     tmp_path: Path, until: float | None, status: str | None, by_start: bool, finished_by: str
 ) -> None:
-    """Running jobs by status, finished ones by one time range: no scan of every job (an OR
-    made one), and no finished job read by its status (which would read all of them)."""
-    engine = db.open_database(f"sqlite:///{tmp_path / 'plan.db'}")
+    """Running jobs by their partial index, finished ones by one time range: no scan of every
+    job (an OR made one), and no job read by its status (which would read every finished one,
+    and without the status index every job along start_at)."""
     query = reports.JobQuery(
         status=status,
         since=to_datetime(T0),
         until=None if until is None else to_datetime(T0 + until),
         types=("video",),
     )
-    stmt = reports._statement(query, sqlite=True, by_start=by_start)
-    compiled = stmt.compile(engine, compile_kwargs={"literal_binds": True})
-    with engine.connect() as conn:
-        plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")]
-    engine.dispose()
+    plan = sqlite_plan(tmp_path, reports._statement(query, sqlite=True, by_start=by_start))
     steps = [step for step in plan if re.match(r"(SCAN|SEARCH) jobs\b", step)]
-    assert not any(step.startswith("SCAN jobs") for step in steps), plan
-    assert [step for step in steps if "status=?" in step] == (
-        []
-        if status
-        else ["SEARCH jobs USING INDEX ix_jobs_status_type_duration (status=? AND type=?)"]
-    ), plan
-    assert [step for step in steps if "status=?" not in step] == [
-        f"SEARCH jobs USING INDEX {finished_by}"
+    running = [] if status == "finished" else [RUNNING_BY_INDEX]
+    finished = [] if status == "running" else [f"SEARCH jobs USING INDEX {finished_by}"]
+    assert steps == running + finished, plan
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        reports.JobQuery(status="running"),
+        reports.JobQuery(status="running", types=("video",), order="-duration", limit=5),
+        reports.JobQuery(status="running", until=to_datetime(T0)),
+    ],
+    ids=["running", "running by type and duration", "running until"],
+)
+def test_jobs_running_reads_the_partial_index_on_sqlite(
+    tmp_path: Path, query: reports.JobQuery
+) -> None:
+    """`jobs --running` reads the running jobs only, whatever else it filters or orders by
+    (without the hint, SQLite would walk every job along start_at for the order)."""
+    plan = sqlite_plan(tmp_path, reports._statement(query, sqlite=True))
+    assert [step for step in plan if re.match(r"(SCAN|SEARCH) jobs\b", step)] == [
+        RUNNING_BY_INDEX
     ], plan
+
+
+def test_the_index_hint_is_sqlites_alone() -> None:
+    """INDEXED BY is SQLite's syntax: PostgreSQL gets the same statement without it."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    stmt = reports._statement(reports.JobQuery(status="running"), sqlite=False)
+    hinted = str(stmt.compile(dialect=sqlite.dialect()))
+    assert "FROM jobs INDEXED BY ix_jobs_running JOIN" in hinted
+    assert "INDEXED BY" not in str(stmt.compile(dialect=postgresql.dialect()))
+
+
+@pytest.mark.parametrize("history", ["sqlite"], indirect=True)
+def test_status_counts_the_running_jobs_from_their_index(history: tuple) -> None:
+    url, jobs, _ = history
+    engine = db.create(url)
+    try:
+        found = plans(engine, lambda: reports.status(engine, to_datetime(T0), 60.0))
+        rows = reports.status(engine, to_datetime(T0), 60.0)
+    finally:
+        engine.dispose()
+    assert len(found) == len(rows) > 1  # a count per target
+    assert set(found) == {"SEARCH jobs USING INDEX ix_jobs_running (target_id=?)"}
+    assert sum(row["running_jobs"] for row in rows) == sum(j.status == "running" for j in jobs)
 
 
 def test_an_old_window_is_read_by_start_and_a_recent_one_by_end(history: tuple) -> None:

@@ -32,6 +32,7 @@ from recorder.simulator import format_started
 from recorder.snapshot import Failure, Outcome, PollResult
 from recorder.store import Store
 from tests import stats_model
+from tests.plans import planned
 from tests.test_stats import assert_report_is_the_truth
 
 H = 3600
@@ -324,6 +325,28 @@ def test_a_reappearing_job_withdraws_what_it_added(engine: Engine) -> None:
     with engine.begin() as conn:
         rollups.rebuild(conn)
     assert snapshot(engine) == (hours, peaks)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_close_reads_its_jobs_by_id(engine: Engine) -> None:
+    """The jobs a poll closes or reopens are read by their ids: SQLite, which plans without
+    statistics, must not look for them among every finished job by their status."""
+    times = [T0 + 600 * i for i in range(6)]
+    jobs = [Scripted(k, 0, "video", 30.0, 0, 2 + k % 3, frozenset()) for k in range(6)]
+    record(engine, (times, [False] * len(times), jobs))
+    with engine.connect() as conn:
+        ids = list(conn.scalars(select(Job.id).where(Job.status == "finished")))
+    assert ids
+
+    def close() -> None:
+        with engine.connect() as conn:
+            transaction = conn.begin()
+            rollups.refresh(conn, rollups.hours_of(conn, ids))
+            rollups.add_finished(conn, ids, done=set())
+            transaction.rollback()
+
+    by_id = [plan for sql, plan in planned(engine, close) if "j.id IN" in sql]
+    assert by_id == ["SEARCH j USING INTEGER PRIMARY KEY (rowid=?)"] * 2
 
 
 def test_reports_use_the_rollups(engine: Engine) -> None:

@@ -210,7 +210,8 @@ def test_a_query_of_job_history_reads_only_jobs_when_it_needs_no_more(recorded: 
             if conn.dialect.name == "sqlite":
                 plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {AGGREGATE}")]
                 steps = [step for step in plan if step.startswith(("SCAN", "SEARCH"))]
-                assert len(steps) == 1 and steps[0].startswith("SCAN j "), plan
+                # One read of jobs (aliased j by the view): of the table, or of an index.
+                assert len(steps) == 1 and re.match(r"SCAN j\b", steps[0]), plan
             else:
                 plan = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN {AGGREGATE}")]
                 assert not re.search(r"\b(targets|polls)\b", "\n".join(plan)), plan

@@ -18,10 +18,11 @@ from sqlalchemy import Engine, insert
 from recorder import db, rollups, stats
 from recorder.cli import cli
 from recorder.clock import to_datetime
-from recorder.models import Job, Poll, Target
+from recorder.models import Job, JobStatus, Poll, Target
 from recorder.output import human_duration, iso
 from tests import stats_model
 from tests.histories import T0, URL_A, URL_B
+from tests.plans import planned
 
 WINDOWS = {
     "everything": (T0 - 1800, T0 + 6 * 3600),
@@ -117,6 +118,34 @@ def test_the_fixture_exercises_every_figure(history: tuple) -> None:
     assert 0.3 < groups["video"]["coverage"] < 0.95
     assert groups["video"]["gaps"] >= 3
     assert groups["video"]["longest_gap_s"] >= 1500
+
+
+@pytest.mark.parametrize("history", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("target", [None, URL_A], ids=["all targets", "one target"])
+@pytest.mark.parametrize("by", GROUPINGS, ids=lambda by: "+".join(by) or "all")
+@pytest.mark.parametrize("window", ["everything", "one hour"], ids=str)
+def test_running_jobs_are_read_through_their_partial_index(
+    history: tuple, window: str, by: tuple[str, ...], target: str | None
+) -> None:
+    """SQLite plans without statistics: each query on running jobs names their partial index
+    (without it, SQLite would read them along start_at, nearly every job), and the
+    percentiles' seeks read the finished jobs' (type, duration_s) index."""
+    url, jobs, _ = history
+    assert any(j.status == "running" for j in jobs)
+    since, until = (to_datetime(t) for t in WINDOWS[window])
+    query = stats.StatsQuery(since, until, to_datetime(T0 + 6 * 3600), by, target, True)
+    engine = db.create(url)
+    try:
+        found = planned(engine, lambda: stats.compute(engine, query))
+    finally:
+        engine.dispose()
+    running = [plan for sql, plan in found if f"status = '{JobStatus.RUNNING}'" in sql]
+    assert len(running) >= 2  # the running jobs, and their part of the concurrency
+    assert all("USING INDEX ix_jobs_running" in plan for plan in running), running
+    seeks = [plan for sql, plan in found if "OFFSET" in sql and "ix_jobs_finished_day" not in sql]
+    assert all("INDEX ix_jobs_finished_type_duration (type=?)" in plan for plan in seeks), seeks
+    if window == "everything" and by in ((), ("type",)) and target is None:
+        assert seeks
 
 
 @pytest.mark.parametrize(

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, event, func, select, text
+from sqlalchemy import Connection, Engine, func, select, text
 
 from recorder import db
 from recorder.models import Base, Job, Observation, Poll, Transition, TransitionKind, succeeded
@@ -19,6 +18,7 @@ from recorder.simulator import Faults, JobKind, ManualClock, SimConfig, Simulato
 from recorder.snapshot import PollResult, Snapshot
 from recorder.store import Store
 from tests.feeding import empty, failed, ok
+from tests.plans import plans
 
 URL = "http://127.0.0.1:9/v2/pixverse/scheduler/"
 T0 = 1_750_000_000.0
@@ -83,26 +83,6 @@ def test_a_poll_with_1000_jobs_in_flight_and_no_change_writes_one_row(
         "rollup_peaks": 0,
     }
     assert sum(after_third.values()) - sum(after_second.values()) == 1
-
-
-def plans(engine: Engine, call: Callable[[], object]) -> list[str]:
-    """SQLite's plan of every statement on jobs that `call` runs, one line per step."""
-    statements: list[tuple[str, Any]] = []
-
-    def seen(_conn: Any, _cursor: Any, sql: str, params: Any, _ctx: Any, many: bool) -> None:
-        if not many and " jobs" in sql:
-            statements.append((sql, params))
-
-    event.listen(engine, "before_cursor_execute", seen)
-    try:
-        call()
-    finally:
-        event.remove(engine, "before_cursor_execute", seen)
-    with engine.connect() as conn:
-        return [
-            " / ".join(step[-1] for step in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", p))
-            for sql, p in statements
-        ]
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
