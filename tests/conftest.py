@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,23 @@ from tests import postgres, stats_model
 from tests.histories import record_history
 
 BACKENDS = ["sqlite", "postgresql"]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Import every module of the recorder and its tests before any test runs.
+
+    Hypothesis draws from the constants of the project's modules it finds in sys.modules, and
+    adds those of a module imported later: a module first imported in the middle of a property
+    test (several are imported lazily, to keep start-up fast) changes what the same choices
+    generate, which Hypothesis reports as FlakyStrategyDefinition instead of the test's result.
+    """
+    root = Path(__file__).resolve().parent.parent
+    for package in ("recorder", "tests", "benchmarks"):
+        for path in sorted((root / package).rglob("*.py")):
+            name = ".".join(path.relative_to(root).with_suffix("").parts)
+            if name.endswith("__main__") or name.endswith("conftest"):
+                continue
+            importlib.import_module(name.removesuffix(".__init__"))
 
 
 @pytest.fixture(scope="session")
