@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis.internal.conjecture import providers
 from sqlalchemy import Engine
 
 from recorder import db
@@ -34,6 +35,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             if name.endswith("__main__") or name.endswith("conftest"):
                 continue
             importlib.import_module(name.removesuffix(".__init__"))
+    # And freeze the pool there: a local module that appears later anyway (the fresh-clone CI
+    # run still saw FlakyStrategyDefinition after the imports above) must not change it.
+    constants = providers._get_local_constants()
+    providers._get_local_constants = lambda: constants
 
 
 @pytest.fixture(scope="session")
