@@ -35,10 +35,18 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             if name.endswith("__main__") or name.endswith("conftest"):
                 continue
             importlib.import_module(name.removesuffix(".__init__"))
-    # And freeze the pool there: a local module that appears later anyway (the fresh-clone CI
-    # run still saw FlakyStrategyDefinition after the imports above) must not change it.
-    constants = providers._get_local_constants()
-    providers._get_local_constants = lambda: constants
+    # And freeze the pool as the first property test finds it: a local module that appears
+    # later anyway (the fresh-clone CI run still saw FlakyStrategyDefinition after the imports
+    # above) must not change it. (Reading it here, at start-up, Hypothesis warns against.)
+    first = providers._get_local_constants
+    frozen: list[Any] = []
+
+    def constants() -> Any:
+        if not frozen:
+            frozen.append(first())
+        return frozen[0]
+
+    providers._get_local_constants = constants
 
 
 @pytest.fixture(scope="session")
