@@ -4,16 +4,18 @@
 
 Each target is polled every 10 s over the same D days (the targets' polls a fraction of the
 interval apart and interleaved, as K recorders writing at once leave them), and the jobs are
-shared out among the targets. Jobs of two types (video about 90 s, image about 20 s, lognormal)
-on five accounts, each seen by the polls around it: an `appeared` and a `vanished` transition,
-one observation, and start and end bounds exactly as the inference would give them from the
-polls.
+shared out among the targets. Each target's jobs are written in the order the recorder writes
+them, by the poll that first saw them, so their rows lie in time order as a recorder's do (a
+fill in random order would make every read of a time range a random read of the whole file).
+Jobs of two types (video about 90 s, image about 20 s, lognormal) on five accounts, each seen
+by the polls around it: an `appeared` and a `vanished` transition, one observation, and start
+and end bounds exactly as the inference would give them from the polls.
 
 Fast: polls and jobs go in through the database driver with their ids given (executemany on
 SQLite, binary COPY on PostgreSQL), the transitions and observations are derived from the jobs by
-INSERT ... SELECT, and SQLite gets a large page cache for the fill. With one target the rows
-are those that the earlier fill through the models wrote, row for row, ids included (times on
-SQLite to the microsecond those went through a datetime).
+INSERT ... SELECT, and SQLite gets a large page cache for the fill. With one target the jobs
+are those that the earlier fill through the models wrote (times on SQLite to the microsecond
+those went through a datetime), in time order and numbered in it.
 After the fill, the rollup tables are rebuilt when the recorder has them (`rebuild_rollups`).
 """
 
@@ -42,7 +44,7 @@ INTERVAL = 10.0
 TYPES = (("video", 90.0, 0.6), ("image", 20.0, 0.5))
 ACCOUNTS = tuple(f"account{k}@example.com" for k in range(5))
 # Bump when the rows a fill writes change in meaning: run.py then refills its kept databases.
-FILL_VERSION = 2
+FILL_VERSION = 3  # 3: jobs in time order
 # SQLite's page cache during the fill, KiB (the default is 2 MiB): the jobs' seven indexes are
 # inserted into in random order, and a cache that holds them saves rereading their pages.
 SQLITE_CACHE_KIB = 1 << 20
@@ -81,6 +83,7 @@ JOB_COLUMNS = (
     "duration_max_s",
     "closed_across_gap",
 )
+_FIRST_POLL = JOB_COLUMNS.index("first_poll_id")
 # Columns of type UTCDateTime: epoch seconds on SQLite (what the type stores), datetimes for
 # PostgreSQL's timestamptz.
 TIME_COLUMNS = frozenset(
@@ -135,7 +138,9 @@ def fill(
                 began_step = time.perf_counter()
                 # Target t's i-th poll: id first_poll + t + i * targets, made at its start + 10 i.
                 polls = (first_poll + t, targets, start + t * INTERVAL / targets, n_polls)
-                _load(conn, "jobs", JOB_COLUMNS, _jobs(rng, lo, target_id, polls, n))
+                _load(
+                    conn, "jobs", JOB_COLUMNS, _in_time_order(_jobs(rng, lo, target_id, polls, n))
+                )
                 steps["jobs_s"] = steps.get("jobs_s", 0.0) + time.perf_counter() - began_step
                 began_step = time.perf_counter()
                 _link(conn, lo, hi, targets)
@@ -319,6 +324,16 @@ def _polls(
                 sent + 0.025,
                 False,
             )
+
+
+def _in_time_order(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+    """Jobs sorted by the poll that first saw them, renumbered from the first one's id."""
+    ordered = sorted(rows, key=lambda row: (row[_FIRST_POLL], row[0]))
+    if not ordered:
+        return
+    first_id = min(row[0] for row in ordered)
+    for k, row in enumerate(ordered):
+        yield (first_id + k, *row[1:])
 
 
 def _jobs(

@@ -374,11 +374,8 @@ def summarize(
     """The rows of rollup_hours and rollup_peaks for the hours `first` to `last`, from every
     finished job that counts in them (pure: the rollups' definition, in one place)."""
     jobs = list(jobs)
-    peaks = {
-        key: level
-        for key, level in raised_peaks(pieces(jobs, first, last), None).items()
-        if level > 0
-    }
+    levels = {key: peak(events) for key, events in pieces(jobs, first, last).items()}
+    peaks = {key: level for key, level in levels.items() if level > 0}
     return list(sums(jobs, first, last).values()), [_peak_row(k, v) for k, v in peaks.items()]
 
 
@@ -422,45 +419,16 @@ def sums(jobs: Iterable[Finished], first: int, last: int) -> dict[SumKey, dict[s
 
 
 def pieces(
-    jobs: Iterable[Finished], first: int, last: int, new: set[int] | None = None
-) -> dict[PeakKey, list[tuple[float, int, int]]]:
+    jobs: Iterable[Finished], first: int, last: int
+) -> dict[PeakKey, list[tuple[float, int]]]:
     """Each group's interval ends in each hour from `first` to `last`, for every grouping:
-    ``(time, +1 open or -1 close, 1 if the job's id is in `new` else 0)``."""
-    found: dict[PeakKey, list[tuple[float, int, int]]] = defaultdict(list)
+    ``(time, +1 open or -1 close)``."""
+    found: dict[PeakKey, list[tuple[float, int]]] = defaultdict(list)
     for job in jobs:
-        fresh = int(new is not None and job.id in new)
         for hour, lo, hi in _hour_pieces(job, first, last):
             for scope in SCOPES:
-                key = (
-                    scope,
-                    hour,
-                    job.target_id if scope & BY_TARGET else None,
-                    job.type if scope & BY_TYPE else None,
-                    job.account if scope & BY_ACCOUNT else None,
-                )
-                found[key] += ((lo, 1, fresh), (hi, -1, fresh))
+                found[(scope, hour, *_parts(job, scope))] += ((lo, 1), (hi, -1))
     return found
-
-
-def raised_peaks(
-    found: dict[PeakKey, list[tuple[float, int, int]]], new: set[int] | None
-) -> dict[PeakKey, int]:
-    """Each group and hour's peak; with `new`, only the most open at once at an instant that a
-    new interval covers (what adding the new intervals can have raised), for the groups that
-    have one."""
-    peaks: dict[PeakKey, int] = {}
-    for key, events in found.items():
-        if new is not None and not any(fresh for _, _, fresh in events):
-            continue
-        level = fresh_open = best = 0
-        # A close sorts before an open at the same instant: intervals are half-open.
-        for _, delta, fresh in sorted(events):
-            level += delta
-            fresh_open += delta * fresh
-            if delta > 0 and (new is None or fresh_open > 0):
-                best = max(best, level)
-        peaks[key] = best
-    return peaks
 
 
 def levels_at_new(around: list[Finished], new: set[int]) -> dict[PeakKey, int]:
