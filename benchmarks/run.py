@@ -17,6 +17,7 @@ measurements without.
 from __future__ import annotations
 
 import argparse
+import compileall
 import io
 import json
 import math
@@ -402,8 +403,14 @@ def print_reports_cli(backend: str, results: dict[str, Any]) -> None:
 
 
 def cli_env() -> dict[str, str]:
-    """The environment for `python -m recorder`: the recorder imported here, no RECORDER_DB."""
+    """The environment for `python -m recorder`: the recorder imported here, no RECORDER_DB.
+
+    The package is byte-compiled first, as an installed one is: with PYTHONDONTWRITEBYTECODE
+    set (as on our machines), an editable install would otherwise compile every module of the
+    recorder from source at each start, and start-up figures would include it.
+    """
     root = str(Path(recorder.__file__).resolve().parent.parent)
+    compileall.compile_dir(Path(recorder.__file__).resolve().parent, quiet=1)
     env = {k: v for k, v in os.environ.items() if k != db.ENV_DB}
     env["PYTHONPATH"] = os.pathsep.join(
         [root, *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root)]
