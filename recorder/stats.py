@@ -938,7 +938,7 @@ class _Sql:
             holes AS (
                 SELECT p.target_id AS target_id, {d.epoch("prev.sent_at")} AS s,
                        {d.epoch("p.sent_at")} AS e, 1 AS is_gap
-                FROM polls p
+                FROM polls p{d.indexed_by("ix_polls_gaps")}
                 JOIN polls prev ON prev.id = {latest_ok_sql("p.target_id", before="p.id")}
                 WHERE {ok_sql("p")} AND p.after_gap AND p.sent_at > :since_ts
                       AND p.target_id IN (SELECT target_id FROM chosen)

@@ -10,13 +10,15 @@ from typing import Any
 from sqlalchemy import Engine, event
 
 
-def planned(engine: Engine, call: Callable[[], object]) -> list[tuple[str, str]]:
-    """Every statement on jobs that `call` runs (executemany aside), with SQLite's plan of it,
-    one line per step joined by " / "."""
+def planned(
+    engine: Engine, call: Callable[[], object], matching: str = " jobs"
+) -> list[tuple[str, str]]:
+    """Every statement holding `matching` (by default, those on jobs) that `call` runs
+    (executemany aside), with SQLite's plan of it, one line per step joined by " / "."""
     statements: list[tuple[str, Any]] = []
 
     def seen(_conn: Any, _cursor: Any, sql: str, params: Any, _ctx: Any, many: bool) -> None:
-        if not many and " jobs" in sql:
+        if not many and matching in sql:
             statements.append((sql, params))
 
     event.listen(engine, "before_cursor_execute", seen)

@@ -148,6 +148,29 @@ def test_running_jobs_are_read_through_their_partial_index(
         assert seeks
 
 
+@pytest.mark.parametrize("history", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("target", [None, URL_A], ids=["all targets", "one target"])
+def test_coverage_finds_the_gaps_through_their_partial_index(
+    history: tuple, target: str | None
+) -> None:
+    """The gaps come from the few polls that end one (``ix_polls_gaps``), not from every poll
+    since the window's start: SQLite, without statistics, took the (target, sent_at) index for
+    that, and read ten years of polls for a `--by day --since 3650d`."""
+    url, _, polls = history
+    assert any(p.after_gap for p in polls)
+    since, until = (to_datetime(t) for t in WINDOWS["everything"])
+    query = stats.StatsQuery(since, until, until, ("day",), target, False)
+    engine = db.create(url)
+    try:
+        found = planned(engine, lambda: stats.compute(engine, query), matching="after_gap")
+    finally:
+        engine.dispose()
+    assert len(found) == 1
+    steps = found[0][1].split(" / ")
+    assert any(step.startswith("SEARCH p USING INDEX ix_polls_gaps") for step in steps), steps
+    assert not any("sent_at>" in step for step in steps), steps
+
+
 @pytest.mark.parametrize(
     "by", [(), ("type",), ("type", "hour")], ids=lambda by: "+".join(by) or "all"
 )
