@@ -285,7 +285,7 @@ def _durations(conn: Connection, sql: _Sql, split: _Split) -> Iterator[Mapping[s
     """Every group's duration figures: by index seeks and rollups where they can be, else by
     one sort of the window's durations."""
     if split.hours is not None and sql.day_seekable(conn):
-        yield from _durations_by_day(conn, sql, split.hours)
+        yield from _durations_by_day(conn, sql)
         return
     if not sql.seekable(conn):
         for ranked in conn.execute(sql.durations(), sql.params()):
@@ -326,23 +326,31 @@ def _durations(conn: Connection, sql: _Sql, split: _Split) -> Iterator[Mapping[s
     }
 
 
-def _durations_by_day(
-    conn: Connection, sql: _Sql, hours: tuple[int, int]
-) -> Iterator[Mapping[str, Any]]:
-    """Per UTC day: whole days from the rollups and the ``(end day, duration_s)`` index, the
-    partial days at the window's edges by a sort of their own jobs."""
-    first_day, end_day = math.ceil(hours[0] / 24), hours[1] // 24
-    if first_day >= end_day:
-        parts = [(sql.q.since.timestamp(), sql.q.until.timestamp())]
-    else:
-        day = 86400
-        parts = [
-            (sql.q.since.timestamp(), first_day * day),
-            (end_day * day, sql.q.until.timestamp()),
-        ]
+def _durations_by_day(conn: Connection, sql: _Sql) -> Iterator[Mapping[str, Any]]:
+    """Per UTC day: the days whose finished jobs all ended in the window from the rollups and
+    the ``(end day, duration_s)`` index, the other partial days by a sort of their own jobs.
+
+    A day the window covers only in part still has all its jobs in it when none ended outside
+    the window that day: so is the present's day, when the window ends now.
+    """
+    day = 86400
+    since, until = sql.q.since.timestamp(), sql.q.until.timestamp()
+    first_day, end_day = math.ceil(since / day), math.floor(until / day)
+    edges: list[tuple[int, float, float]] = []
+    if since < first_day * day:
+        edges.append((first_day - 1, since, min(until, first_day * day)))
+    if end_day * day < until and end_day * day >= since:
+        edges.append((end_day, max(since, end_day * day), until))
+    whole = set(range(first_day, end_day))
+    for edge in list(edges):
+        if not sql.ended_elsewhere_that_day(conn, *edge):
+            whole.add(edge[0])
+            edges.remove(edge)
+    if whole:
+        lo, hi = min(whole), max(whole) + 1
+        assert len(whole) == hi - lo  # the partial days border the whole ones
         per_day: dict[float, dict[str, Any]] = {}
-        params = sql.hour_params((first_day * 24, end_day * 24))
-        for part in conn.execute(sql.rollup_counts(), params):
+        for part in conn.execute(sql.rollup_counts(), sql.hour_params((lo * 24, hi * 24))):
             into = per_day.setdefault(
                 float(part.b0), {"b0": part.b0, "n": 0, "timed": 0, "total": 0.0, "wide": 0}
             )
@@ -358,8 +366,8 @@ def _durations_by_day(
             row["mean"] = row["total"] / row["timed"] if row["timed"] else None
             row.setdefault("max", None)
             yield {**row, **_seek_day_percentiles(conn, sql, round(b0 / day), row["n"])}
-    for edge, params in _parts(sql, ((lo, hi) for lo, hi in parts if lo < hi)):
-        for ranked in conn.execute(edge.durations(), params):
+    for part_sql, params in _parts(sql, ((lo, hi) for _, lo, hi in edges)):
+        for ranked in conn.execute(part_sql.durations(), params):
             yield dict(ranked._mapping)
 
 
@@ -627,6 +635,29 @@ class _Sql:
             WHERE {self._finished_in_window()}
             GROUP BY j.type
         """)
+
+    def ended_elsewhere_that_day(self, conn: Connection, day: int, lo: float, hi: float) -> bool:
+        """True when a job of `day` (days since the epoch) ended outside ``[lo, hi)``: two
+        probes of the end_at index, before and after."""
+        finished = self._status(JobStatus.FINISHED, indexed=False)
+        times = {
+            "day_start": to_datetime(day * 86400),
+            "lo": to_datetime(lo),
+            "hi": to_datetime(hi),
+        }
+        before_and_after = [
+            "j.end_at >= :day_start AND j.end_at < :lo",
+            "j.end_at >= :hi",
+        ]
+        if (day + 1) * 86400 <= LATEST:  # else the day holds the last time a column can
+            times["day_end"] = to_datetime((day + 1) * 86400)
+            before_and_after[1] += " AND j.end_at < :day_end"
+        probes = " UNION ALL ".join(
+            f"SELECT * FROM (SELECT 1 AS hit FROM jobs j WHERE {where} AND {finished} LIMIT 1) p"
+            for where in before_and_after
+        )
+        typed = (bindparam(name, type_=UTCDateTime()) for name in times)
+        return conn.execute(text(probes).bindparams(*typed), times).first() is not None
 
     def seek_day(self, *, descending: bool) -> Any:
         """The duration at offset ``:skip`` of the finished jobs that ended on UTC day ``:day``,

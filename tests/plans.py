@@ -10,22 +10,30 @@ from typing import Any
 from sqlalchemy import Engine, event
 
 
-def planned(
+def statements(
     engine: Engine, call: Callable[[], object], matching: str = " jobs"
-) -> list[tuple[str, str]]:
+) -> list[tuple[str, Any]]:
     """Every statement holding `matching` (by default, those on jobs) that `call` runs
-    (executemany aside), with SQLite's plan of it, one line per step joined by " / "."""
-    statements: list[tuple[str, Any]] = []
+    (executemany aside), with its parameters."""
+    found: list[tuple[str, Any]] = []
 
     def seen(_conn: Any, _cursor: Any, sql: str, params: Any, _ctx: Any, many: bool) -> None:
         if not many and matching in sql:
-            statements.append((sql, params))
+            found.append((sql, params))
 
     event.listen(engine, "before_cursor_execute", seen)
     try:
         call()
     finally:
         event.remove(engine, "before_cursor_execute", seen)
+    return found
+
+
+def planned(
+    engine: Engine, call: Callable[[], object], matching: str = " jobs"
+) -> list[tuple[str, str]]:
+    """`statements`, each with SQLite's plan of it, one line per step joined by " / "."""
+    found = statements(engine, call, matching)
     with engine.connect() as conn:
         return [
             (
@@ -34,7 +42,7 @@ def planned(
                     step[-1] for step in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)
                 ),
             )
-            for sql, params in statements
+            for sql, params in found
         ]
 
 

@@ -22,7 +22,7 @@ from recorder.models import Job, JobStatus, Poll, Target
 from recorder.output import human_duration, iso
 from tests import stats_model
 from tests.histories import T0, URL_A, URL_B
-from tests.plans import planned
+from tests.plans import planned, statements
 
 WINDOWS = {
     "everything": (T0 - 1800, T0 + 6 * 3600),
@@ -169,6 +169,34 @@ def test_coverage_finds_the_gaps_through_their_partial_index(
     steps = found[0][1].split(" / ")
     assert any(step.startswith("SEARCH p USING INDEX ix_polls_gaps") for step in steps), steps
     assert not any("sent_at>" in step for step in steps), steps
+
+
+@pytest.mark.parametrize("after", ["nothing", "a job"], ids=lambda a: f"{a} ends after it")
+def test_a_partial_day_is_read_as_a_whole_one_when_all_its_jobs_are_in_the_window(
+    history: tuple, after: str
+) -> None:
+    """`--by day` up to a moment of the last day: if no job of that day ended after it (the
+    window ends now), the day's percentiles are index seeks and its sums rollups, as a whole
+    day's; if one did, the day's jobs in the window are ranked by a sort. The same figures."""
+    url, jobs, polls = history
+    last_end = max(j.end_at.timestamp() for j in jobs if j.end_at is not None)
+    until = exact_time(last_end + 1 if after == "nothing" else last_end)
+    assert until // 86400 == last_end // 86400  # a part of the last job's day
+    since, now = DAY0 - 2 * 86400 + 3600, until
+    window = (to_datetime(since), to_datetime(until), to_datetime(now))
+    query = stats.StatsQuery(*window, ("day",), histogram=True)
+    engine = db.create(url)
+    try:
+        report = stats.compute(engine, query)
+        sorts = statements(engine, lambda: stats.compute(engine, query), matching="ROW_NUMBER")
+    finally:
+        engine.dispose()
+    assert_report_is_the_truth(
+        report, stats_model.compute(jobs, polls, since, until, now, ("day",)), ("day",)
+    )
+    # The first day (which has no job) and the last are partial: only a job after the window
+    # makes the last one need a sort.
+    assert len(sorts) == (0 if after == "nothing" else 1)
 
 
 @pytest.mark.parametrize(
