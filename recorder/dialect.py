@@ -123,7 +123,7 @@ def _table_with_hint(table: Table, compiler: SQLCompiler, **kw: Any) -> str:
 
     SQLAlchemy's SQLite compiler drops table hints (only its MySQL, SQL Server and Oracle
     compilers render them). SQLite takes ``INDEXED BY`` after the table's name and alias; a hint
-    on a table does not reach an alias of it (``aliased(Job)``), which is another FROM entry.
+    on a table does not reach an alias of it (``Job.alias()``), which is another FROM entry.
     """
     # SQLAlchemy leaves its visit methods untyped.
     sql: str = compiler.visit_table(table, **kw)  # type: ignore[no-untyped-call]

@@ -1,4 +1,4 @@
-"""The database schema: SQLAlchemy 2 models, the single source the migrations are checked against.
+"""The database schema in SQLAlchemy Core: the single source the migrations are checked against.
 
 Tables (see docs/schema.md):
 
@@ -27,14 +27,17 @@ poll and the latest one as text (`ok_sql`, `latest_ok_sql`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Column,
     ColumnElement,
+    Connection,
     DateTime,
     Double,
     ForeignKey,
@@ -43,17 +46,18 @@ from sqlalchemy import (
     MetaData,
     SmallInteger,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
+    event,
     func,
     literal,
     select,
     text,
 )
 from sqlalchemy import Dialect as SQLAlchemyDialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, aliased, mapped_column
-from sqlalchemy.sql.selectable import ScalarSelect, Select, Subquery
+from sqlalchemy.sql.selectable import FromClause, ScalarSelect, Select, Subquery
 from sqlalchemy.types import TypeEngine
 
 from recorder.clock import to_datetime
@@ -122,10 +126,87 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)  # type: ignore[no-any-return]
 
 
-class Base(DeclarativeBase):
-    """Declarative base whose constraints have the same names on every backend."""
+class Base:
+    """A table declared as a class, as the ORM's declarative classes were, in SQLAlchemy Core.
 
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    The recorder runs every query as Core on a Connection and needs no ORM; importing it would
+    cost every report's start-up more than its query. A subclass names its table
+    (``__tablename__``), declares each column as an attribute that gives the column its name,
+    and lists its indexes and constraints in ``__table_args__`` (a trailing dict: table
+    options); its docstring says what one row is. Its one instance (`Job` of `JobTable`) is
+    what queries use: its attributes are the columns (``Job.end_at``), ``__table__`` is the
+    `Table`, and SQLAlchemy takes it wherever it takes a table (``insert(Job)``,
+    ``select_from(Job)``, ``with_hint(Job, ...)``) through ``__clause_element__``. `alias()`
+    gives the same over an alias of the table, for a query that reads the table twice.
+
+    `metadata` holds every table, with constraints named alike on every backend.
+    """
+
+    metadata: ClassVar[MetaData] = MetaData(naming_convention=NAMING_CONVENTION)
+    __tablename__: ClassVar[str]
+    __table_args__: ClassVar[tuple[Any, ...]] = ()
+    __table__: ClassVar[Table]
+
+    def __init_subclass__(cls) -> None:
+        columns = []
+        for name, value in vars(cls).items():
+            if isinstance(value, Column):
+                value.name = name  # as declarative did: the attribute names the column
+                columns.append(value)
+        args = cls.__table_args__
+        options = args[-1] if args and isinstance(args[-1], dict) else {}
+        items = args[:-1] if options else args
+        cls.__table__ = Table(cls.__tablename__, cls.metadata, *columns, *items, **options)
+        event.listen(cls.__table__, "before_create", _postgresql_conditions)
+
+    def __init__(self, alias: FromClause | None = None) -> None:
+        self._from: FromClause = self.__table__ if alias is None else alias
+        if alias is not None:  # the alias's columns hide the table's (class attributes)
+            for column in alias.c:
+                setattr(self, column.key, column)
+
+    def __clause_element__(self) -> Any:
+        """What SQLAlchemy reads this as: the table, or the alias.
+
+        Typed Any: SQLAlchemy's annotations admit a ``__clause_element__`` that gives a column
+        expression only, though its coercions take a table from one too.
+        """
+        return self._from
+
+    def alias(self) -> Self:
+        """The table under another name in a query (``polls AS polls_1``), as an object of
+        the same kind: its attributes are the alias's columns."""
+        return type(self)(self.__table__.alias())
+
+
+# The PostgreSQL conditions of the partial indexes are declared in each Index's `info` and
+# given to the Index only when a PostgreSQL database creates it (and by migrations/env.py, which
+# compares the models with a database and writes migrations for both backends). Passing
+# ``postgresql_where=`` to Index() makes SQLAlchemy validate it against the PostgreSQL dialect,
+# and importing that dialect package (with every PostgreSQL driver's module) would cost every
+# command's start-up on SQLite, which never reads the condition.
+_POSTGRESQL_WHERE = "postgresql_where"
+
+
+def postgresql_where(condition: str) -> dict[str, str]:
+    """An Index's `info` that declares its condition on PostgreSQL (see `postgresql_conditions`)."""
+    return {_POSTGRESQL_WHERE: condition}
+
+
+def postgresql_conditions(tables: Iterable[Table] | None = None) -> None:
+    """Give the partial indexes of `tables` (by default every table) their PostgreSQL
+    condition, declared by `postgresql_where`; this loads the PostgreSQL dialect."""
+    for table in Base.metadata.sorted_tables if tables is None else tables:
+        for index in table.indexes:
+            condition = index.info.get(_POSTGRESQL_WHERE)
+            if condition is not None:
+                index.dialect_kwargs[_POSTGRESQL_WHERE] = text(condition)
+
+
+def _postgresql_conditions(table: Table, connection: Connection, **_: Any) -> None:
+    """Before a table is created: on PostgreSQL, its partial indexes need their condition."""
+    if Dialect.of(connection).postgresql:
+        postgresql_conditions([table])
 
 
 class JobStatus(StrEnum):
@@ -143,37 +224,37 @@ class TransitionKind(StrEnum):
     REAPPEARED = "reappeared"  # listed again after it vanished: the close was wrong, it runs on
 
 
-class Target(Base):
+class TargetTable(Base):
     """A polled URL."""
 
     __tablename__ = "targets"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    url: Mapped[str] = mapped_column(String, unique=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    id: Column[int] = Column(Integer, primary_key=True)
+    url: Column[str] = Column(String, unique=True, nullable=False)
+    created_at: Column[datetime] = Column(UTCDateTime, nullable=False)
 
 
-class Poll(Base):
+class PollTable(Base):
     """One request to a target and how it ended."""
 
     __tablename__ = "polls"
 
-    id: Mapped[int] = mapped_column(Id, primary_key=True)
-    target_id: Mapped[int] = mapped_column(ForeignKey("targets.id"))
-    sent_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    latency_s: Mapped[float] = mapped_column(Double)
-    outcome: Mapped[str] = mapped_column(String(16))
-    http_status: Mapped[int | None] = mapped_column(SmallInteger)
-    item_count: Mapped[int | None] = mapped_column(Integer)
+    id: Column[int] = Column(Id, primary_key=True)
+    target_id: Column[int] = Column(ForeignKey("targets.id"), nullable=False)
+    sent_at: Column[datetime] = Column(UTCDateTime, nullable=False)
+    received_at: Column[datetime] = Column(UTCDateTime, nullable=False)
+    latency_s: Column[float] = Column(Double, nullable=False)
+    outcome: Column[str] = Column(String(16), nullable=False)
+    http_status: Column[int | None] = Column(SmallInteger)
+    item_count: Column[int | None] = Column(Integer)
     # Values the parser dropped (unparseable fields, items without an id, merged duplicates).
-    dropped_values: Mapped[int | None] = mapped_column(Integer)
+    dropped_values: Column[int | None] = Column(Integer)
     # The server's clock when it took the list (epoch seconds): predicts every `elapsed`.
-    server_time: Mapped[float | None] = mapped_column(Double)
+    server_time: Column[float | None] = Column(Double)
     # A successful poll that follows failed polls, or a silence longer than the gap threshold:
     # the time since the previous successful poll is a gap in the record (view poll_gaps).
-    after_gap: Mapped[bool] = mapped_column(Boolean, default=False)
-    error: Mapped[str | None] = mapped_column(Text)
+    after_gap: Column[bool] = Column(Boolean, default=False, nullable=False)
+    error: Column[str | None] = Column(Text)
 
     __table_args__ = (
         Index("ix_polls_target_sent", "target_id", "sent_at"),
@@ -184,40 +265,40 @@ class Poll(Base):
             "target_id",
             "id",
             sqlite_where=text("after_gap"),
-            postgresql_where=text("after_gap"),
+            info=postgresql_where("after_gap"),
         ),
     )
 
 
-class Job(Base):
+class JobTable(Base):
     """One job of one target: what it is and when it ran, as inferred."""
 
     __tablename__ = "jobs"
 
-    id: Mapped[int] = mapped_column(Id, primary_key=True)
-    target_id: Mapped[int] = mapped_column(ForeignKey("targets.id"))
-    api_id: Mapped[str] = mapped_column(String)
-    type: Mapped[str | None] = mapped_column(String)
-    account: Mapped[str | None] = mapped_column(String)
-    user_id: Mapped[str | None] = mapped_column(String)
-    reply_url: Mapped[str | None] = mapped_column(Text)
-    reply_ref: Mapped[str | None] = mapped_column(Text)
-    started_raw: Mapped[str | None] = mapped_column(String)
-    elapsed_origin: Mapped[float | None] = mapped_column(Double)
-    status: Mapped[str] = mapped_column(String(8))  # a JobStatus
-    first_poll_id: Mapped[int] = mapped_column(ForeignKey("polls.id"))
-    last_poll_id: Mapped[int | None] = mapped_column(ForeignKey("polls.id"))
-    start_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    start_min: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    start_max: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    start_source: Mapped[str] = mapped_column(String(8))
-    end_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    end_min: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    end_max: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    duration_s: Mapped[float | None] = mapped_column(Double)
-    duration_min_s: Mapped[float | None] = mapped_column(Double)
-    duration_max_s: Mapped[float | None] = mapped_column(Double)
-    closed_across_gap: Mapped[bool] = mapped_column(Boolean, default=False)
+    id: Column[int] = Column(Id, primary_key=True)
+    target_id: Column[int] = Column(ForeignKey("targets.id"), nullable=False)
+    api_id: Column[str] = Column(String, nullable=False)
+    type: Column[str | None] = Column(String)
+    account: Column[str | None] = Column(String)
+    user_id: Column[str | None] = Column(String)
+    reply_url: Column[str | None] = Column(Text)
+    reply_ref: Column[str | None] = Column(Text)
+    started_raw: Column[str | None] = Column(String)
+    elapsed_origin: Column[float | None] = Column(Double)
+    status: Column[str] = Column(String(8), nullable=False)  # a JobStatus
+    first_poll_id: Column[int] = Column(ForeignKey("polls.id"), nullable=False)
+    last_poll_id: Column[int | None] = Column(ForeignKey("polls.id"))
+    start_at: Column[datetime] = Column(UTCDateTime, nullable=False)
+    start_min: Column[datetime | None] = Column(UTCDateTime)
+    start_max: Column[datetime | None] = Column(UTCDateTime)
+    start_source: Column[str] = Column(String(8), nullable=False)
+    end_at: Column[datetime | None] = Column(UTCDateTime)
+    end_min: Column[datetime | None] = Column(UTCDateTime)
+    end_max: Column[datetime | None] = Column(UTCDateTime)
+    duration_s: Column[float | None] = Column(Double)
+    duration_min_s: Column[float | None] = Column(Double)
+    duration_max_s: Column[float | None] = Column(Double)
+    closed_across_gap: Column[bool] = Column(Boolean, default=False, nullable=False)
 
     __table_args__ = (
         UniqueConstraint("target_id", "api_id", name="uq_jobs_target_api_id"),
@@ -228,7 +309,7 @@ class Job(Base):
             RUNNING_INDEX,
             "target_id",
             sqlite_where=text(f"status = '{JobStatus.RUNNING}'"),
-            postgresql_where=text(f"status = '{JobStatus.RUNNING}'"),
+            info=postgresql_where(f"status = '{JobStatus.RUNNING}'"),
         ),
         Index("ix_jobs_start_at", "start_at"),
         Index("ix_jobs_end_at", "end_at"),
@@ -245,33 +326,33 @@ class Job(Base):
             "type",
             "duration_s",
             sqlite_where=text(f"status = '{JobStatus.FINISHED}'"),
-            postgresql_where=text(f"status = '{JobStatus.FINISHED}'"),
+            info=postgresql_where(f"status = '{JobStatus.FINISHED}'"),
         ),
         # The few finished jobs too long for the concurrency rollups (recorder.rollups).
         Index(
             "ix_jobs_long",
             "end_at",
             sqlite_where=text(LONG_JOB_SQLITE),
-            postgresql_where=text(LONG_JOB_POSTGRESQL),
+            info=postgresql_where(LONG_JOB_POSTGRESQL),
         ),
     )
 
 
-class Lease(Base):
+class LeaseTable(Base):
     """Which recorder holds the right to record a target (one writer per target)."""
 
     __tablename__ = "leases"
 
-    target_id: Mapped[int] = mapped_column(ForeignKey("targets.id"), primary_key=True)
-    holder: Mapped[str] = mapped_column(String)
-    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    target_id: Column[int] = Column(ForeignKey("targets.id"), primary_key=True)
+    holder: Column[str] = Column(String, nullable=False)
+    acquired_at: Column[datetime] = Column(UTCDateTime, nullable=False)
     # Last sign of life besides the holder's poll rows (written only during long backoffs).
-    renewed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    renewed_at: Column[datetime] = Column(UTCDateTime, nullable=False)
     # Silence after which another recorder may take the target over.
-    ttl_s: Mapped[float] = mapped_column(Double)
+    ttl_s: Column[float] = Column(Double, nullable=False)
 
 
-class Transition(Base):
+class TransitionTable(Base):
     """A job appearing, vanishing or reappearing, at the poll that saw it.
 
     A poll changes a job's listing at most once, so the job and the poll are the key. On
@@ -281,27 +362,27 @@ class Transition(Base):
 
     __tablename__ = "transitions"
 
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
-    poll_id: Mapped[int] = mapped_column(ForeignKey("polls.id"), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(12))  # a TransitionKind
+    job_id: Column[int] = Column(ForeignKey("jobs.id"), primary_key=True)
+    poll_id: Column[int] = Column(ForeignKey("polls.id"), primary_key=True)
+    kind: Column[str] = Column(String(12), nullable=False)  # a TransitionKind
 
     __table_args__ = (Index("ix_transitions_poll", "poll_id"), {"sqlite_with_rowid": False})
 
 
-class Observation(Base):
+class ObservationTable(Base):
     """What a poll's list said about a job, when the stored state did not predict it."""
 
     __tablename__ = "observations"
 
-    id: Mapped[int] = mapped_column(Id, primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
-    poll_id: Mapped[int] = mapped_column(ForeignKey("polls.id"))
-    type: Mapped[str | None] = mapped_column(String)
-    started_raw: Mapped[str | None] = mapped_column(String)
-    reply_url: Mapped[str | None] = mapped_column(Text)
-    reply_ref: Mapped[str | None] = mapped_column(Text)
-    elapsed_s: Mapped[int | None] = mapped_column(Integer)
-    elapsed_origin: Mapped[float | None] = mapped_column(Double)
+    id: Column[int] = Column(Id, primary_key=True)
+    job_id: Column[int] = Column(ForeignKey("jobs.id"), nullable=False)
+    poll_id: Column[int] = Column(ForeignKey("polls.id"), nullable=False)
+    type: Column[str | None] = Column(String)
+    started_raw: Column[str | None] = Column(String)
+    reply_url: Column[str | None] = Column(Text)
+    reply_ref: Column[str | None] = Column(Text)
+    elapsed_s: Column[int | None] = Column(Integer)
+    elapsed_origin: Column[float | None] = Column(Double)
 
     __table_args__ = (
         # A job's observations (one, or a few): the latest at or before a poll is picked from
@@ -311,43 +392,43 @@ class Observation(Base):
     )
 
 
-class Quarantine(Base):
+class QuarantineTable(Base):
     """A poll that could not be stored, kept whole as JSON; the polls row stands in for it."""
 
     __tablename__ = "quarantine"
 
-    id: Mapped[int] = mapped_column(Id, primary_key=True)
-    target_id: Mapped[int] = mapped_column(ForeignKey("targets.id"))
-    poll_id: Mapped[int] = mapped_column(ForeignKey("polls.id"))
-    set_aside_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    error: Mapped[str] = mapped_column(Text)
-    payload: Mapped[str] = mapped_column(Text)
+    id: Column[int] = Column(Id, primary_key=True)
+    target_id: Column[int] = Column(ForeignKey("targets.id"), nullable=False)
+    poll_id: Column[int] = Column(ForeignKey("polls.id"), nullable=False)
+    set_aside_at: Column[datetime] = Column(UTCDateTime, nullable=False)
+    error: Column[str] = Column(Text, nullable=False)
+    payload: Column[str] = Column(Text, nullable=False)
 
     __table_args__ = (Index("ix_quarantine_target", "target_id"),)
 
 
-class RollupHour(Base):
+class RollupHourTable(Base):
     """The finished jobs of one target, type and account, summed over one UTC hour."""
 
     __tablename__ = "rollup_hours"
 
-    id: Mapped[int] = mapped_column(Id, primary_key=True)
-    hour: Mapped[int] = mapped_column(Integer)  # floor(epoch seconds / 3600)
-    target_id: Mapped[int] = mapped_column(ForeignKey("targets.id"))
-    type: Mapped[str | None] = mapped_column(String)
-    account: Mapped[str | None] = mapped_column(String)
-    finished: Mapped[int] = mapped_column(Integer)  # jobs that ended in the hour
-    timed: Mapped[int] = mapped_column(Integer)  # of those, with a known duration
-    duration_sum: Mapped[float] = mapped_column(Double)
-    duration_max: Mapped[float | None] = mapped_column(Double)
-    wide: Mapped[int] = mapped_column(Integer)  # of those, closed across a gap
-    started: Mapped[int] = mapped_column(Integer)  # finished jobs that started in the hour
-    busy_s: Mapped[float] = mapped_column(Double)  # their intervals' time within the hour
+    id: Column[int] = Column(Id, primary_key=True)
+    hour: Column[int] = Column(Integer, nullable=False)  # floor(epoch seconds / 3600)
+    target_id: Column[int] = Column(ForeignKey("targets.id"), nullable=False)
+    type: Column[str | None] = Column(String)
+    account: Column[str | None] = Column(String)
+    finished: Column[int] = Column(Integer, nullable=False)  # jobs that ended in the hour
+    timed: Column[int] = Column(Integer, nullable=False)  # of those, with a known duration
+    duration_sum: Column[float] = Column(Double, nullable=False)
+    duration_max: Column[float | None] = Column(Double)
+    wide: Column[int] = Column(Integer, nullable=False)  # of those, closed across a gap
+    started: Column[int] = Column(Integer, nullable=False)  # finished jobs that started in the hour
+    busy_s: Column[float] = Column(Double, nullable=False)  # their intervals' time within the hour
 
     __table_args__ = (Index("ix_rollup_hours_hour", "hour"),)
 
 
-class RollupPeak(Base):
+class RollupPeakTable(Base):
     """The most finished jobs in flight at once in one UTC hour, for one grouping's group.
 
     `scope` says which of target, type and account the group is by (bits 1, 2, 4); the other
@@ -357,21 +438,33 @@ class RollupPeak(Base):
 
     __tablename__ = "rollup_peaks"
 
-    id: Mapped[int] = mapped_column(Id, primary_key=True)
-    scope: Mapped[int] = mapped_column(SmallInteger)
-    hour: Mapped[int] = mapped_column(Integer)
-    target_id: Mapped[int | None] = mapped_column(ForeignKey("targets.id"))
-    type: Mapped[str | None] = mapped_column(String)
-    account: Mapped[str | None] = mapped_column(String)
-    peak: Mapped[int] = mapped_column(Integer)
+    id: Column[int] = Column(Id, primary_key=True)
+    scope: Column[int] = Column(SmallInteger, nullable=False)
+    hour: Column[int] = Column(Integer, nullable=False)
+    target_id: Column[int | None] = Column(ForeignKey("targets.id"))
+    type: Column[str | None] = Column(String)
+    account: Column[str | None] = Column(String)
+    peak: Column[int] = Column(Integer, nullable=False)
 
     __table_args__ = (Index("ix_rollup_peaks_scope_hour", "scope", "hour"),)
+
+
+# The tables as the queries name them (see Base).
+Target = TargetTable()
+Poll = PollTable()
+Job = JobTable()
+Lease = LeaseTable()
+Transition = TransitionTable()
+Observation = ObservationTable()
+Quarantine = QuarantineTable()
+RollupHour = RollupHourTable()
+RollupPeak = RollupPeakTable()
 
 
 # Which polls count, as SQLAlchemy expressions and, for the hand-written report SQL, as text.
 
 
-def succeeded(poll: type[Poll] = Poll) -> ColumnElement[bool]:
+def succeeded(poll: PollTable = Poll) -> ColumnElement[bool]:
     """SQL: the poll produced a list."""
     return poll.outcome == Outcome.OK
 
@@ -381,7 +474,7 @@ def latest_ok_id(target_id: Any, *, before: Any = None) -> ScalarSelect[int | No
 
     `target_id` and `before` are values or SQL expressions (correlated with the outer query).
     """
-    ok = aliased(Poll)
+    ok = Poll.alias()
     query = select(func.max(ok.id)).where(ok.target_id == target_id, succeeded(ok))
     if before is not None:
         query = query.where(ok.id < before)
@@ -400,7 +493,7 @@ def latest_ok_per_target() -> Subquery:
 
 def failing_streak(target_id: Any) -> ScalarSelect[int]:
     """SQL: how many polls of the target came after its latest successful one (all failed)."""
-    poll = aliased(Poll)
+    poll = Poll.alias()
     return (
         select(func.count())
         .select_from(poll)

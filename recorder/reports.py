@@ -9,7 +9,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select, text, union_all
-from sqlalchemy.orm import aliased
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.expression import UnaryExpression
 
@@ -135,7 +134,7 @@ def _statement(query: JobQuery, *, sqlite: bool, by_start: bool = False) -> Any:
 def _listing(key: Any = None) -> Any:
     """The JOB_FIELDS of every job, and with a sort key also that key and the job's row id
     (named sort_key and row_id, to order a UNION ALL of listings by)."""
-    first, last, latest = aliased(Poll), aliased(Poll), aliased(Poll)
+    first, last, latest = Poll.alias(), Poll.alias(), Poll.alias()
     # Looked up only for a job that has no last poll (COALESCE stops at its first value), by an
     # index seek, rather than each target's latest poll found for every listing by a scan.
     latest_seen = (

@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, or_, select
-from sqlalchemy.orm import aliased
+from sqlalchemy import ColumnElement, func, or_, select
 
 from recorder import db, reports
 from recorder.cli import cli
@@ -131,7 +130,7 @@ def test_gaps_outside_the_window_are_left_out(history: tuple) -> None:
 
 def _statement_before(query: reports.JobQuery) -> Any:
     """`recorder jobs`' SELECT as it was before the UNION ALL: one OR for `since`."""
-    first, last, latest = aliased(Poll), aliased(Poll), aliased(Poll)
+    first, last, latest = Poll.alias(), Poll.alias(), Poll.alias()
     latest_ok = latest_ok_per_target()
     stmt = (
         select(
@@ -171,12 +170,13 @@ def _statement_before(query: reports.JobQuery) -> Any:
         stmt = stmt.where(Job.start_at < query.until)
     if query.since is not None:
         stmt = stmt.where(or_(Job.status == JobStatus.RUNNING, Job.end_at >= query.since))
-    column = {
+    columns: dict[str, ColumnElement[Any]] = {
         "started": Job.start_at,
         "ended": Job.end_at,
         "duration": Job.duration_s,
         "id": Job.api_id,
-    }[query.order.removeprefix("-")]
+    }
+    column = columns[query.order.removeprefix("-")]
     if query.order.startswith("-"):
         stmt = stmt.order_by(column.desc(), Job.id.desc())
     else:

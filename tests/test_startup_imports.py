@@ -1,5 +1,6 @@
 """Start-up loads only what the command needs: `--help` neither SQLAlchemy (so not its ORM) nor
-Alembic, and a report on a current database no Alembic. Asserted on the modules a fresh
+Alembic, and a command on a current SQLite database neither Alembic, nor SQLAlchemy's ORM (the
+models are Core), nor the PostgreSQL dialect. Asserted on the modules a fresh
 interpreter imports (read from `python -X importtime`), never on time: benchmarks/run.py measures
 the time."""
 
@@ -21,6 +22,9 @@ from recorder.cli import cli
 
 ALEMBIC = "alembic"
 SQLALCHEMY = "sqlalchemy"  # its ORM included
+# What no report needs: SQLAlchemy's ORM (every query is Core), and on SQLite the PostgreSQL
+# dialect, whose package loads every PostgreSQL driver's module.
+UNNEEDED = ("sqlalchemy.orm", "sqlalchemy.dialects.postgresql")
 
 
 def imported(*args: str, cwd: Path) -> tuple[list[str], subprocess.CompletedProcess[str]]:
@@ -106,6 +110,28 @@ def test_a_command_on_a_current_database_loads_no_alembic(
     # status exits 1 when no target is healthy (here: none recorded); the others succeed.
     assert result.returncode == (1 if command[0] == "status" else 0), result.stderr
     assert loaded(modules, ALEMBIC) == []
+    for package in UNNEEDED:
+        assert loaded(modules, package) == []
+
+
+def test_the_models_and_the_reports_load_neither_the_orm_nor_the_postgresql_dialect(
+    tmp_path: Path,
+) -> None:
+    """recorder.models declares the tables in SQLAlchemy Core, and gives the partial indexes
+    their PostgreSQL conditions only when a PostgreSQL database creates them."""
+    code = (
+        "import sys\n"
+        "import recorder.reports, recorder.stats, recorder.store\n"
+        "print('\\n'.join(sorted(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    modules = result.stdout.split()
+    assert "recorder.models" in modules
+    for package in UNNEEDED:
+        assert loaded(modules, package) == []
 
 
 def test_an_older_database_is_judged_by_alembic(tmp_path: Path) -> None:
