@@ -18,7 +18,7 @@ from click.decorators import FC
 from recorder import __version__, db
 from recorder.config import DEFAULT_INTERVAL_S, DEFAULT_URL, ENV_TOKEN, ConfigError, load_token
 from recorder.output import FORMATS, default_format, iso, render
-from recorder.params import DATABASE_URL, DAY, HOUR, JOB_KIND, WHEN, Number, Seconds
+from recorder.params import DATABASE_URL, DAY, HOUR, JOB_KIND, SIM_SERVICE, WHEN, Number, Seconds
 from recorder.stopping import STOP
 from recorder.timespec import When
 
@@ -474,6 +474,15 @@ def _share_option(name: str, help_text: str) -> Callable[[FC], FC]:
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
+    "--service",
+    "services",
+    multiple=True,
+    type=SIM_SERVICE,
+    metavar="NAME",
+    help="A service whose scheduler to fake, in its shape at its real path (repeatable: one "
+    "server, each service its own world, seeded --seed, --seed + 1, …) [default: pixverse].",
+)
+@click.option(
     "--kind",
     "kinds",
     multiple=True,
@@ -514,6 +523,7 @@ def simulate(
     host: str,
     token: str,
     seed: int,
+    services: tuple[str, ...],
     kinds: tuple[JobKind, ...],
     initial_jobs: int,
     server_errors: float,
@@ -530,9 +540,15 @@ def simulate(
     Example:
 
         recorder simulate --port 8765 --token test-token --server-errors 0.05 --skew 30
+
+        recorder simulate --port 8765 --token test-token --service pixverse --service kling
     """
     from recorder import simulator
 
+    twice = [name for i, name in enumerate(services) if name in services[:i]]
+    if twice:
+        # Each service is served at its real path: a second world there could not be reached.
+        raise click.BadParameter(f"{twice[0]!r} is given twice", param_hint="'--service'")
     with _user_errors():
         faults = simulator.Faults(
             server_error=server_errors,
@@ -544,16 +560,24 @@ def simulate(
             empty=empty,
             skew_s=skew,
         )
-        config = simulator.SimConfig(
-            seed=seed, token=token, faults=faults, initial_jobs=initial_jobs
-        )
+        configs = [
+            simulator.SimConfig(
+                seed=seed + i,
+                token=token,
+                faults=faults,
+                initial_jobs=initial_jobs,
+                service=name,
+            )
+            for i, name in enumerate(services or ("pixverse",))
+        ]
         if kinds:
-            config = dataclasses.replace(config, kinds=kinds)
+            configs = [dataclasses.replace(config, kinds=kinds) for config in configs]
+    seeds = iter(config.seed for config in configs)  # on_ready gets the URLs in config order
 
     def ready(url: str) -> None:
-        click.echo(f"simulating {url} (seed {seed}); Ctrl-C to stop", err=True)
+        click.echo(f"simulating {url} (seed {next(seeds)}); Ctrl-C to stop", err=True)
 
-    simulator.serve_forever(config, host, port, on_ready=ready)
+    simulator.serve_forever(configs, host, port, on_ready=ready)
 
 
 @cli.command()

@@ -7,6 +7,7 @@ code 2): one line that names the option and quotes what was typed, never a trace
 - `Seconds(min, max)`: the same in seconds; `90s`, `5m`, `1.5h`, `1d` are accepted too.
 - `WHEN`: an ISO-8601 date or time, `now`, or an age such as `30m`; see `recorder.timespec`.
 - `JOB_KIND`: the simulator's TYPE:PER_MIN:MEAN_S.
+- `SIM_SERVICE`: a service whose scheduler the simulator can fake (pixverse, kling, …).
 - `DATABASE_URL`: a URL for one of the supported database drivers.
 """
 
@@ -144,6 +145,22 @@ class JobKindType(click.ParamType["JobKind", "str | JobKind"]):
         return JobKind(parts[0].strip(), rate, mean)
 
 
+class SimServiceType(click.ParamType[str, str]):
+    """A service whose scheduler the simulator can fake, e.g. kling."""
+
+    name = "service"
+
+    def convert(self, value: str, param: click.Parameter | None, ctx: Any) -> str:
+        """The name, or a failure that lists the names the simulator knows."""
+        # Looked up at use, not at import: every other command starts without the simulator.
+        from recorder.simulator import SERVICE_PATHS
+
+        if value not in SERVICE_PATHS:
+            known = ", ".join(SERVICE_PATHS)
+            self.fail(f"{value!r} is not a service the simulator knows: {known}", param, ctx)
+        return value
+
+
 class DatabaseURL(click.ParamType[str, str]):
     """A database URL for a supported driver (see `recorder.db.check_url`)."""
 
@@ -160,4 +177,5 @@ class DatabaseURL(click.ParamType[str, str]):
 
 WHEN = WhenType()
 JOB_KIND = JobKindType()
+SIM_SERVICE = SimServiceType()
 DATABASE_URL = DatabaseURL()

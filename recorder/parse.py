@@ -3,15 +3,20 @@
 Upstream shapes differ per service and are loosely documented (see api-notes.md), so every
 field is optional and a bad value only drops that value, never the poll. JSON ``null`` is
 treated as an absent field, not as an invalid one.
+
+A `Layout` says where a service's answer keeps each value of a job (recorder.services holds one
+per service); the checking is the same for every layout. `parse_body` reads the generic layout,
+which accepts every known shape at once: the fallback for a service without an adapter.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Final
@@ -19,14 +24,23 @@ from typing import Any, Final
 from recorder.snapshot import Item, Snapshot
 
 __all__ = [
+    "GENERIC_LAYOUT",
     "LIMITS",
+    "Envelope",
+    "IdParts",
+    "Layout",
     "PayloadError",
     "bound_text",
+    "decode_json",
+    "is_storable",
+    "no_id_parts",
     "normalize_items",
     "parse_account",
     "parse_body",
     "parse_elapsed",
     "parse_started",
+    "parse_with",
+    "user_id_parts",
 ]
 
 ID_KEYS: Final = ("id", "videoId", "video_id", "imageId", "taskId", "job_id", "jobId", "jobid")
@@ -74,6 +88,50 @@ class PayloadError(ValueError):
     """The answer body is not a list of executing jobs."""
 
 
+class Envelope(enum.Enum):
+    """Where an answer keeps its list of jobs."""
+
+    LIST = "list"  # a JSON array (or the `executing` array of a /scheduler/available answer)
+    BY_ACCOUNT = "by_account"  # {"executing": {"<region>:<account>": [...]}, ...}: Dreamina
+    ANY = "any"  # either of them: the generic parser, which knows no service
+
+
+@dataclass(frozen=True, slots=True)
+class IdParts:
+    """What a job id itself says about its job; None where it says nothing."""
+
+    type: str | None = None
+    account: str | None = None
+    user_id: str | None = None
+
+
+_NO_PARTS: Final = IdParts()
+
+
+def no_id_parts(api_id: str) -> IdParts:
+    """An id that says nothing about its job (a number, a bare UUID)."""
+    return _NO_PARTS
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where a service's answer keeps each value of a job; the parser checks every value.
+
+    An id comes from the first of `id_keys` that holds a usable one. A type comes from
+    `type_key`, else from the id (`id_parts`), else from which key held the id (`id_key_types`);
+    an account from the id, else from `account_key`, else from the envelope's account key.
+    """
+
+    id_keys: tuple[str, ...]
+    envelope: Envelope = Envelope.LIST
+    type_key: str | None = "type"
+    account_key: str | None = None
+    started_key: str | None = "started"
+    elapsed_keys: tuple[str, ...] = ("elapsed",)
+    id_key_types: tuple[tuple[str, str], ...] = ()
+    id_parts: Callable[[str], IdParts] = no_id_parts
+
+
 @dataclass
 class _Tally:
     invalid: int = 0
@@ -83,24 +141,18 @@ class _Tally:
 
 def parse_body(body: bytes) -> Snapshot:
     """Parse a raw answer body into a Snapshot, raising PayloadError when it is unusable."""
-    data = _decode_json(body)
-    if isinstance(data, list):
-        return normalize_items(data)
-    if isinstance(data, dict) and "executing" in data:
-        executing = data["executing"]
-        if isinstance(executing, list):
-            return normalize_items(executing)
-        if isinstance(executing, dict):
-            return _normalize_by_account(executing)
-        raise PayloadError(f"'executing' is a {_json_type(executing)}, not a list")
-    if isinstance(data, dict):
-        raise PayloadError("answer is a JSON object without an 'executing' list")
-    raise PayloadError(f"answer is a JSON {_json_type(data)}, not a list")
+    return parse_with(body, GENERIC_LAYOUT)
+
+
+def parse_with(body: bytes, layout: Layout) -> Snapshot:
+    """Parse an answer laid out as `layout` says into a Snapshot (PayloadError: unusable)."""
+    tally = _Tally()
+    return _normalize(_entries(decode_json(body), layout.envelope, tally), layout, tally)
 
 
 def normalize_items(data: list[object]) -> Snapshot:
     """Normalize a list of raw scheduler items into a Snapshot."""
-    return _normalize(((raw, None) for raw in data), _Tally())
+    return _normalize(((raw, None) for raw in data), GENERIC_LAYOUT, _Tally())
 
 
 def parse_started(value: object) -> float | None:
@@ -144,7 +196,31 @@ def parse_account(api_id: str) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _decode_json(body: bytes) -> object:
+def user_id_parts(api_id: str) -> IdParts:
+    """Type (its kind), account, user of a ``user:<user>-<service>:<account>-<kind>:<job>`` id."""
+    match = _USER_ID_RE.fullmatch(api_id)
+    if match is None:
+        return _NO_PARTS
+    return IdParts(type=match.group(4), account=match.group(3), user_id=match.group(1))
+
+
+def _generic_id_parts(api_id: str) -> IdParts:
+    # Account and user only: the generic parser has always read the type from `type` alone.
+    user_id, account = parse_account(api_id)
+    return IdParts(account=account, user_id=user_id)
+
+
+GENERIC_LAYOUT: Final = Layout(
+    id_keys=ID_KEYS,
+    envelope=Envelope.ANY,
+    account_key="email",
+    elapsed_keys=ELAPSED_KEYS,
+    id_parts=_generic_id_parts,
+)
+
+
+def decode_json(body: bytes) -> object:
+    """The JSON value of an answer body; PayloadError when it is not UTF-8 JSON."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -166,8 +242,36 @@ def _json_type(value: object) -> str:
     return names.get(type(value), "number")
 
 
-def _normalize_by_account(executing: dict[Any, Any]) -> Snapshot:
-    tally = _Tally()
+def _article(value: object) -> str:
+    kind = _json_type(value)
+    return f"an {kind}" if kind in ("object", "array") else f"a {kind}"
+
+
+def _entries(data: object, envelope: Envelope, tally: _Tally) -> list[tuple[object, str | None]]:
+    """The raw items of an answer, each with the account its envelope files it under."""
+    by_account = envelope is Envelope.BY_ACCOUNT
+    if isinstance(data, list) and not by_account:
+        return [(raw, None) for raw in data]
+    if isinstance(data, dict) and "executing" in data:
+        executing = data["executing"]
+        # An `executing` list is taken even from a by-account service: an empty list is the
+        # likeliest way for such an answer to say "nothing runs", and it cannot be misread.
+        if isinstance(executing, list):
+            return [(raw, None) for raw in executing]
+        if isinstance(executing, dict) and envelope is not Envelope.LIST:
+            return _by_account(executing, tally)
+        wanted = "an object" if by_account else "a list"
+        raise PayloadError(f"'executing' is {_article(executing)}, not {wanted}")
+    if by_account:
+        if isinstance(data, dict):
+            raise PayloadError("answer is a JSON object without an 'executing' object")
+        raise PayloadError(f"answer is a JSON {_json_type(data)}, not an object with 'executing'")
+    if isinstance(data, dict):
+        raise PayloadError("answer is a JSON object without an 'executing' list")
+    raise PayloadError(f"answer is a JSON {_json_type(data)}, not a list")
+
+
+def _by_account(executing: dict[Any, Any], tally: _Tally) -> list[tuple[object, str | None]]:
     entries: list[tuple[object, str | None]] = []
     for key, items in executing.items():
         if not isinstance(items, list):
@@ -175,20 +279,22 @@ def _normalize_by_account(executing: dict[Any, Any]) -> Snapshot:
             continue
         account = _account_from_key(key)
         entries.extend((raw, account) for raw in items)
-    return _normalize(entries, tally)
+    return entries
 
 
 def _account_from_key(key: str) -> str | None:
     # Dreamina keys accounts as "<region>:<email>", e.g. "US:you@example.com".
     _, sep, rest = key.partition(":")
     account = (rest if sep else key).strip()
-    return account if account and _is_storable(account) else None
+    return account if account and is_storable(account) else None
 
 
-def _normalize(entries: Iterable[tuple[object, str | None]], tally: _Tally) -> Snapshot:
+def _normalize(
+    entries: Iterable[tuple[object, str | None]], layout: Layout, tally: _Tally
+) -> Snapshot:
     merged: dict[str, Item] = {}
     for raw, key_account in entries:
-        item = _parse_item(raw, key_account, tally)
+        item = _parse_item(raw, key_account, layout, tally)
         if item is None:
             tally.untracked += 1
         elif item.api_id in merged:
@@ -205,27 +311,36 @@ def _normalize(entries: Iterable[tuple[object, str | None]], tally: _Tally) -> S
     )
 
 
-def _parse_item(raw: object, key_account: str | None, tally: _Tally) -> Item | None:
+def _parse_item(raw: object, key_account: str | None, layout: Layout, tally: _Tally) -> Item | None:
     if not isinstance(raw, dict):
         return None
-    api_id = _find_id(raw)
-    if api_id is None:
+    found = _find_id(raw, layout.id_keys)
+    if found is None:
         return None
-    started_raw, started = _started(raw.get("started"), tally)
-    user_id, account = parse_account(api_id)
+    id_key, api_id = found
+    parts = layout.id_parts(api_id)
+    started_raw, started = _started(_get(raw, layout.started_key), tally)
+    account = parts.account
     if account is None:
-        account = _text(raw.get("email"), tally) or key_account
+        account = _text(_get(raw, layout.account_key), tally) or key_account
+    kind = _text(_get(raw, layout.type_key), tally) or parts.type
+    if kind is None:
+        kind = next((t for key, t in layout.id_key_types if key == id_key), None)
     return Item(
         api_id=_bounded(api_id, "id", tally),
-        type=_bounded_or_none(_text(raw.get("type"), tally), "type", tally),
+        type=_bounded_or_none(kind, "type", tally),
         started_raw=_bounded_or_none(started_raw, "started", tally),
         started=started,
-        elapsed_s=_elapsed(raw, tally),
+        elapsed_s=_elapsed(raw, layout.elapsed_keys, tally),
         reply_url=_bounded_or_none(_text(raw.get("replyUrl"), tally), "replyUrl", tally),
         reply_ref=_bounded_or_none(_text(raw.get("replyRef"), tally), "replyRef", tally),
         account=_bounded_or_none(account, "account", tally),
-        user_id=_bounded_or_none(user_id, "user_id", tally),
+        user_id=_bounded_or_none(parts.user_id, "user_id", tally),
     )
+
+
+def _get(raw: dict[Any, Any], key: str | None) -> object:
+    return None if key is None else raw.get(key)
 
 
 def bound_text(text: str, limit: int) -> str:
@@ -247,11 +362,11 @@ def _bounded_or_none(text: str | None, field: str, tally: _Tally) -> str | None:
     return None if text is None else _bounded(text, field, tally)
 
 
-def _find_id(raw: dict[Any, Any]) -> str | None:
-    for key in ID_KEYS:
+def _find_id(raw: dict[Any, Any], keys: tuple[str, ...]) -> tuple[str, str] | None:
+    for key in keys:
         api_id = _id_value(raw.get(key))
         if api_id is not None:
-            return api_id
+            return key, api_id
     return None
 
 
@@ -264,7 +379,7 @@ def _id_value(value: object) -> str | None:
         if not math.isfinite(value):
             return None
         return str(int(value)) if value.is_integer() else repr(value)
-    if isinstance(value, str) and value.strip() and _is_storable(value):
+    if isinstance(value, str) and value.strip() and is_storable(value):
         return value
     return None
 
@@ -272,13 +387,14 @@ def _id_value(value: object) -> str | None:
 def _text(value: object, tally: _Tally) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not _is_storable(value):
+    if not isinstance(value, str) or not is_storable(value):
         tally.invalid += 1
         return None
     return value or None
 
 
-def _is_storable(text: str) -> bool:
+def is_storable(text: str) -> bool:
+    """True when every database can store `text`: no NUL, no lone surrogate."""
     # JSON "\ud800" decodes to a lone surrogate that no UTF-8 database column accepts, and
     # PostgreSQL text refuses NUL ("\u0000").
     if "\x00" in text:
@@ -301,9 +417,9 @@ def _started(value: object, tally: _Tally) -> tuple[str | None, float | None]:
     return raw, started
 
 
-def _elapsed(raw: dict[Any, Any], tally: _Tally) -> int | None:
+def _elapsed(raw: dict[Any, Any], keys: tuple[str, ...], tally: _Tally) -> int | None:
     result: int | None = None
-    for key in ELAPSED_KEYS:
+    for key in keys:
         value = raw.get(key)
         if value is None:
             continue

@@ -1,35 +1,47 @@
-"""A seeded, realistic fake of the useapi.net PixVerse scheduler endpoint.
+"""A seeded, realistic fake of the useapi.net scheduler endpoints, in every service's shape.
 
 The world (which job runs on which account, and when) is a pure function of the seed and of the
 clock's first reading: arrivals are generated lazily in time order, so polling often, rarely or not
 at all never changes the ground truth. Faults are drawn per request from a separate RNG, so turning
 them on never changes the world either. Standard library only.
+
+`SimConfig.service` picks the answer's shape (PixVerse by default): the ids, keys and envelope of
+that service's real answer, at its real path, with /scheduler/available beside it where the
+service has one. The shape is only a rendering: the same seed gives the same jobs (starts, ends,
+types, accounts) for every service, whose ids alone are spelled the service's way. The shapes are
+written here from the upstream documentation, not taken from recorder.services: this is the
+independent truth the adapters are tested against. `SimulatorGroup` serves several services from
+one server, each at its own path with its own world.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
 import sys
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
 __all__ = [
     "FAULT_KINDS",
+    "SERVICE_PATHS",
     "Account",
     "Faults",
     "JobKind",
     "ManualClock",
     "SimConfig",
     "Simulator",
+    "SimulatorGroup",
     "TrueJob",
     "format_elapsed",
     "format_started",
@@ -44,8 +56,9 @@ DURATION_SIGMA: Final = 0.5
 MIN_DURATION_S: Final = 1.0
 REPLY_REF_P: Final = 0.3
 REPLY_URL_P: Final = 0.2
-REPLY_URL: Final = "https://hooks.example.com/useapi/pixverse"
+REPLY_URL: Final = "https://hooks.example.com/useapi/{service}"
 UNAUTHORIZED_BODY: Final = {"error": "Unauthorized", "code": 401}
+NOT_FOUND_BODY: Final = {"error": "Not Found", "code": 404}
 JSON_TYPE: Final = "application/json"
 HTML_TYPE: Final = "text/html; charset=UTF-8"
 
@@ -70,7 +83,11 @@ class JobKind:
 
 @dataclass(frozen=True, slots=True)
 class Account:
-    """A PixVerse account configured at useapi.net, with its concurrency limit."""
+    """An account configured at useapi.net, with its concurrency limit.
+
+    `email` is the account's name in the answers: an email for most services; TemPolor and
+    Riffusion name theirs by a user id, which can be given here instead.
+    """
 
     email: str
     user_id: str
@@ -130,9 +147,13 @@ class SimConfig:
     accounts: tuple[Account, ...] = DEFAULT_ACCOUNTS
     faults: Faults = field(default_factory=Faults)
     initial_jobs: int = 0
-    path: str = "/v2/pixverse/scheduler/"
+    path: str | None = None  # None: the service's real path (SERVICE_PATHS)
+    service: str = "pixverse"
 
     def __post_init__(self) -> None:
+        if self.service not in _SHAPES:
+            known = ", ".join(_SHAPES)
+            raise ValueError(f"unknown service {self.service!r}; simulated: {known}")
         if not self.token:
             raise ValueError("token must not be empty")
         if not self.accounts:
@@ -145,8 +166,13 @@ class SimConfig:
             raise ValueError(f"initial_jobs must be in [0, {capacity}], got {self.initial_jobs}")
         if self.initial_jobs and not self.kinds:
             raise ValueError("initial_jobs needs at least one job kind")
-        if not self.path.startswith("/"):
+        if self.path is not None and not self.path.startswith("/"):
             raise ValueError(f"path must start with '/', got {self.path!r}")
+
+    @property
+    def list_path(self) -> str:
+        """The path the list is served at: `path`, else the service's real one."""
+        return self.path if self.path is not None else _SHAPES[self.service].path
 
 
 # --- formatting ----------------------------------------------------------------------------------
@@ -161,10 +187,13 @@ def format_started(t: float) -> str:
 
 def format_elapsed(seconds: float) -> str:
     """Format whole elapsed seconds as ``MM:SS``; minutes go past 59 (``75:03``)."""
-    # The epsilon absorbs float error in `now - start` for millisecond-rounded starts.
-    total = max(0, math.floor(seconds + 1e-6))
-    minutes, secs = divmod(total, 60)
+    minutes, secs = divmod(_whole_seconds(seconds), 60)
     return f"{minutes:02d}:{secs:02d}"
+
+
+def _whole_seconds(seconds: float) -> int:
+    # The epsilon absorbs float error in `now - start` for millisecond-rounded starts.
+    return max(0, math.floor(seconds + 1e-6))
 
 
 # --- the world -----------------------------------------------------------------------------------
@@ -172,7 +201,11 @@ def format_elapsed(seconds: float) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TrueJob:
-    """A job as it really ran, on the true (recorder's) clock; ``end`` may be in the future."""
+    """A job as it really ran, on the true (recorder's) clock; ``end`` may be in the future.
+
+    ``api_id`` is the id the service lists it by; every other field is the same whatever the
+    service's shape.
+    """
 
     api_id: str
     type: str
@@ -185,6 +218,8 @@ class TrueJob:
 @dataclass(frozen=True, slots=True)
 class _Job:
     truth: TrueJob
+    number: int  # drawn from the seed: Kling's id, and the job part of most others
+    token: str  # a UUID derived from seed and number, for the services whose ids are UUIDs
     reply_url: str | None
     reply_ref: str | None
 
@@ -241,11 +276,158 @@ class _Arrivals:
         return arrival
 
 
+# --- the services' shapes -------------------------------------------------------------------------
+# What each service's real answer looks like (api-notes.md and the upstream's pages), rendered
+# from the world. Only the list's item and the ids differ; the envelope is an array except for
+# Dreamina, whose jobs are filed under "US:<email>" keys.
+
+_Json = dict[str, Any]
+_IdMaker = Callable[[int, str, str, Account, float], str]  # number, token, type, account, start
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    path: str  # the path of the service's real list URL
+    api_id: _IdMaker
+    item: Callable[[_Job, float, float], _Json]  # job, true now, server clock skew
+    available_key: str | None = None  # the account's key in /available; None: no /available
+    by_account: bool = False  # Dreamina's envelope
+    unauthorized: Mapping[str, Any] = field(default_factory=lambda: UNAUTHORIZED_BODY)
+
+
+def _timing(job: _Job, now: float, skew_s: float) -> _Json:
+    start = job.truth.start
+    return {
+        "started": format_started(start + skew_s),
+        "elapsed": format_elapsed(now - start),  # skew cancels out: both ends are shifted
+    }
+
+
+def _replies(job: _Job) -> _Json:
+    item: _Json = {}
+    if job.reply_url is not None:
+        item["replyUrl"] = job.reply_url
+    if job.reply_ref is not None:
+        item["replyRef"] = job.reply_ref
+    return item
+
+
+def _user_id(service: str, kind: str | None = None, *, by_token: bool = False) -> _IdMaker:
+    """Ids of the form ``user:<user id>-<service>:<account>-<kind>:<job>``; kind None: the type."""
+
+    def api_id(number: int, token: str, type_: str, account: Account, start: float) -> str:
+        job = token if by_token else str(number)
+        return f"user:{account.user_id}-{service}:{account.email}-{kind or type_}:{job}"
+
+    return api_id
+
+
+def _number_id(number: int, token: str, type_: str, account: Account, start: float) -> str:
+    return str(number)
+
+
+def _token_id(number: int, token: str, type_: str, account: Account, start: float) -> str:
+    return token
+
+
+def _ltx_id(number: int, token: str, type_: str, account: Account, start: float) -> str:
+    return f"email:{account.email}:{token}-type:{type_}"
+
+
+def _pixverse(job: _Job, now: float, skew_s: float) -> _Json:
+    truth = job.truth
+    return {"id": truth.api_id, "type": truth.type, **_timing(job, now, skew_s), **_replies(job)}
+
+
+def _kling(job: _Job, now: float, skew_s: float) -> _Json:
+    truth = job.truth
+    return {"id": job.number, "email": truth.account, **_timing(job, now, skew_s), **_replies(job)}
+
+
+def _minimax(job: _Job, now: float, skew_s: float) -> _Json:
+    key = "videoId" if job.truth.type == "video" else "imageId"
+    return {key: job.truth.api_id, **_timing(job, now, skew_s), **_replies(job)}
+
+
+def _runway(job: _Job, now: float, skew_s: float) -> _Json:
+    return {"taskId": job.truth.api_id, **_replies(job)}  # no started, no elapsed
+
+
+def _tempolor(job: _Job, now: float, skew_s: float) -> _Json:
+    return {"job_id": job.truth.api_id, **_timing(job, now, skew_s), **_replies(job)}
+
+
+def _ltxstudio(job: _Job, now: float, skew_s: float) -> _Json:
+    truth = job.truth
+    timing = _timing(job, now, skew_s)
+    return {"jobId": truth.api_id, "email": truth.account, **timing, **_replies(job)}
+
+
+def _riffusion(job: _Job, now: float, skew_s: float) -> _Json:
+    truth = job.truth
+    timing = _timing(job, now, skew_s)
+    return {"job_id": truth.api_id, "user_id": truth.account, **timing, **_replies(job)}
+
+
+def _dreamina(job: _Job, now: float, skew_s: float) -> _Json:
+    truth = job.truth
+    item: _Json = {
+        "jobid": truth.api_id,
+        "submitId": job.token,
+        "model": truth.type,
+        "elapsedSeconds": _whole_seconds(now - truth.start),
+    }
+    if job.reply_url is not None:
+        item["replyUrl"] = job.reply_url  # Dreamina has no replyRef
+    return item
+
+
+def _dreamina_id(number: int, token: str, type_: str, account: Account, start: float) -> str:
+    # As upstream: "j<MMDDhhmmss><digits><v>-u<user>-US:<email>:dreamina".
+    moment = datetime.fromtimestamp(start, UTC)
+    return f"j{moment:%m%d%H%M%S}{number}{type_[:1]}-u{account.user_id}-US:{account.email}:dreamina"
+
+
+_SHAPES: Final[Mapping[str, _Shape]] = MappingProxyType(
+    {
+        "pixverse": _Shape("/v2/pixverse/scheduler/", _user_id("pixverse"), _pixverse, "email"),
+        "kling": _Shape("/v1/kling/scheduler", _number_id, _kling, "email"),
+        "minimax": _Shape("/v1/minimax/scheduler/", _user_id("minimax"), _minimax, "account"),
+        "runway": _Shape(
+            "/v1/runwayml/scheduler/", _user_id("runwayml", "task", by_token=True), _runway
+        ),
+        "tempolor": _Shape(
+            "/v1/tempolor/scheduler/", _user_id("tempolor", "job"), _tempolor, "user_id"
+        ),
+        "ltxstudio": _Shape("/v1/ltxstudio/scheduler", _ltx_id, _ltxstudio),
+        "riffusion": _Shape("/v1/riffusion/scheduler", _token_id, _riffusion, "user_id"),
+        "dreamina": _Shape(
+            "/v1/dreamina/scheduler",
+            _dreamina_id,
+            _dreamina,
+            by_account=True,
+            unauthorized={"error": "Unauthorized"},  # Dreamina's 401 has no code
+        ),
+    }
+)
+SERVICE_PATHS: Final[Mapping[str, str]] = MappingProxyType(
+    {name: shape.path for name, shape in _SHAPES.items()}
+)
+
+
+def _token(seed: int, number: int) -> str:
+    # A hash, not a draw: the world's RNG streams stay exactly as they are for every service.
+    digest = hashlib.sha256(f"{seed}:token:{number}".encode()).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
+
+
 class _World:
     """The jobs: generated lazily, in time order, deterministically from the seed. Not locked."""
 
     def __init__(self, config: SimConfig, t0: float) -> None:
         self._config = config
+        self._shape = _SHAPES[config.service]
+        self._reply_url = REPLY_URL.format(service=config.service)
         self._rng = random.Random(f"{config.seed}:jobs")
         self._streams = [_Arrivals(k, i, config.seed, t0) for i, k in enumerate(config.kinds)]
         self._jobs: list[_Job] = []
@@ -286,11 +468,12 @@ class _World:
             job_id = self._rng.randint(100_000_000, 999_999_999)
         self._ids.add(job_id)
         self._ends[account.email].append(end)
-        api_id = f"user:{account.user_id}-pixverse:{account.email}-{kind.type}:{job_id}"
+        token = _token(self._config.seed, job_id)
+        api_id = self._shape.api_id(job_id, token, kind.type, account, start)
         truth = TrueJob(api_id, kind.type, account.email, account.user_id, start, end)
         ref = f"order-{job_id % 100_000:05d}" if self._rng.random() < REPLY_REF_P else None
-        url = REPLY_URL if self._rng.random() < REPLY_URL_P else None
-        return _Job(truth, reply_url=url, reply_ref=ref)
+        url = self._reply_url if self._rng.random() < REPLY_URL_P else None
+        return _Job(truth, job_id, token, reply_url=url, reply_ref=ref)
 
     def advance(self, now: float) -> None:
         """Materialize every arrival at or before ``now``."""
@@ -314,21 +497,6 @@ class _World:
         """Every job started at or before ``now``, oldest first."""
         self.advance(now)
         return [j.truth for j in self._jobs if j.truth.start <= now]
-
-
-def _item(job: _Job, now: float, skew_s: float) -> dict[str, str]:
-    truth = job.truth
-    item = {
-        "id": truth.api_id,
-        "type": truth.type,
-        "started": format_started(truth.start + skew_s),
-        "elapsed": format_elapsed(now - truth.start),  # skew cancels out: both ends are shifted
-    }
-    if job.reply_url is not None:
-        item["replyUrl"] = job.reply_url
-    if job.reply_ref is not None:
-        item["replyRef"] = job.reply_ref
-    return item
 
 
 # --- answers -------------------------------------------------------------------------------------
@@ -403,6 +571,7 @@ class Simulator:
 
     def __init__(self, config: SimConfig | None = None, clock: Clock = time.time) -> None:
         self.config = config if config is not None else SimConfig()
+        self._shape = _SHAPES[self.config.service]
         self._clock = clock
         self._lock = threading.Lock()
         self._world = _World(self.config, clock())
@@ -410,39 +579,65 @@ class Simulator:
         self._requests_served = 0
         self._faults: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
         self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: _Server | None = None  # the server this simulator started, if any
+        self._base_url: str | None = None  # where it is served, by its own server or a group's
 
     # world access
 
     def _now(self, now: float | None) -> float:
         return self._clock() if now is None else now
 
-    def listing(self, now: float | None = None) -> list[dict[str, str]]:
-        """The scheduler list as the API would answer it at true time ``now`` (default: clock)."""
-        t = self._now(now)
+    def _running(self, t: float) -> list[_Job]:
         with self._lock:
-            jobs = self._world.running(t)
-        return [_item(j, t, self.config.faults.skew_s) for j in jobs]
+            return self._world.running(t)
+
+    def running(self, now: float | None = None) -> list[TrueJob]:
+        """The jobs the list shows at true time ``now`` (default: clock), oldest first."""
+        return [job.truth for job in self._running(self._now(now))]
+
+    def listing(self, now: float | None = None) -> list[_Json]:
+        """The listed items at true time ``now`` (default: clock), in the service's item shape."""
+        t = self._now(now)
+        return self._items(self._running(t), t)
+
+    def answer(self, now: float | None = None) -> Any:
+        """The list answer as served at true time ``now`` (Dreamina: its `executing` envelope)."""
+        t = self._now(now)
+        return self._list_answer(self._running(t), t)
 
     def available(self, now: float | None = None) -> dict[str, Any]:
-        """The ``/available`` answer at true time ``now`` (default: clock)."""
-        return self._available(self.listing(now))
+        """The ``/available`` answer at true time ``now`` (ValueError: the service has none)."""
+        if self._shape.available_key is None:
+            raise ValueError(f"{self.config.service} has no /scheduler/available")
+        t = self._now(now)
+        return self._available_answer(self._running(t), t)
 
-    def _available(self, items: list[dict[str, str]]) -> dict[str, Any]:
+    def _items(self, jobs: list[_Job], now: float) -> list[_Json]:
+        skew_s = self.config.faults.skew_s
+        return [self._shape.item(job, now, skew_s) for job in jobs]
+
+    def _list_answer(self, jobs: list[_Job], now: float) -> Any:
+        if not self._shape.by_account:
+            return self._items(jobs, now)
+        executing: dict[str, list[_Json]] = {}
+        for job, item in zip(jobs, self._items(jobs, now), strict=True):
+            executing.setdefault(f"US:{job.truth.account}", []).append(item)
+        return {"executing": executing, "total": len(jobs)}
+
+    def _available_answer(self, jobs: list[_Job], now: float) -> dict[str, Any]:
+        key = self._shape.available_key
         accounts = []
         for account in self.config.accounts:
-            marker = f"-pixverse:{account.email}-"
-            executing = sum(1 for item in items if marker in item["id"])
+            executing = sum(1 for job in jobs if job.truth.account == account.email)
             accounts.append(
                 {
-                    "email": account.email,
+                    key: account.email,
                     "maxJobs": account.max_jobs,
                     "executing": executing,
                     "available": account.max_jobs - executing,
                 }
             )
-        return {"executing": items, "available": accounts}
+        return {"executing": self._items(jobs, now), "available": accounts}
 
     def truth(self, now: float | None = None) -> list[TrueJob]:
         """Every job started by true time ``now`` (default: clock), on the true clock."""
@@ -476,10 +671,11 @@ class Simulator:
 
     def _route(self, raw_path: str) -> str | None:
         path = urlsplit(raw_path).path
-        base = self.config.path.rstrip("/")
+        base = self.config.list_path.rstrip("/")
         if path in (base, base + "/"):
             return "list"
-        if path in (base + "/available", base + "/available/"):
+        available = base + "/available"
+        if self._shape.available_key is not None and path in (available, available + "/"):
             return "available"
         return None
 
@@ -510,10 +706,10 @@ class Simulator:
         try:
             route = self._route(path)
             if route is None:
-                return _json_reply(404, {"error": "Not Found", "code": 404})
+                return _json_reply(404, NOT_FOUND_BODY)
             # Auth before faults: a bad token should fail the same way every time.
             if not self._authorized(authorization):
-                return _json_reply(401, UNAUTHORIZED_BODY)
+                return _json_reply(401, self._shape.unauthorized)
             slow, fault = self._draw_fault()
             if slow:
                 self._stopping.wait(self.config.faults.slow_s)  # stop() cuts the wait short
@@ -526,8 +722,10 @@ class Simulator:
         if fault == "rate_limit":
             return _rate_limit_reply(self.config.faults.retry_after_s)
         # Computed after any `slow` delay, so the list is as of the moment of answering.
-        items = [] if fault == "empty" else self.listing()
-        payload = items if route == "list" else self._available(items)
+        t = self._clock()
+        jobs = [] if fault == "empty" else self._running(t)
+        render = self._list_answer if route == "list" else self._available_answer
+        payload = render(jobs, t)
         with self._lock:
             if fault == "server_error":
                 return _server_error_reply(self._fault_rng)
@@ -539,40 +737,68 @@ class Simulator:
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve in a daemon thread; return the endpoint's URL (``port=0``: any free port)."""
-        if self._server is not None:
-            raise RuntimeError("simulator already started")
-        self._stopping.clear()
-        server = _Server((host, port), self)
-        thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="recorder-simulator",
-            daemon=True,
-        )
-        thread.start()
-        self._server, self._thread = server, thread
+        self._server = _Server.launch((host, port), (self,))
         return self.url
 
     def stop(self) -> None:
-        """Stop serving and wait for the server thread; a no-op when not started."""
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        self._stopping.set()
-        server.shutdown()
-        server.server_close()
-        thread.join()
-        self._server = self._thread = None
+        """Stop serving and wait for the server thread; a no-op when not started by start()."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
 
     @property
     def url(self) -> str:
         """The endpoint's URL, path included (e.g. ``http://127.0.0.1:PORT/v2/pixverse/scheduler/``)."""
-        if self._server is None:
+        if self._base_url is None:
             raise RuntimeError("simulator not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}{self.config.path}"
+        return self._base_url + self.config.list_path
 
     def __enter__(self) -> Simulator:
+        if self._base_url is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class SimulatorGroup:
+    """Several simulated services behind one server, each at its own path with its own world."""
+
+    def __init__(self, configs: Iterable[SimConfig], clock: Clock = time.time) -> None:
+        self.simulators = tuple(Simulator(config, clock) for config in configs)
+        if not self.simulators:
+            raise ValueError("at least one simulated service is needed")
+        paths = [sim.config.list_path.rstrip("/") for sim in self.simulators]
+        for path in paths:
+            if paths.count(path) > 1 or path + "/available" in paths:
+                raise ValueError(f"two simulated services would answer at {path or '/'!r}")
+        self._server: _Server | None = None
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, ...]:
+        """Serve every simulator in one daemon thread; return their URLs, in order."""
+        if self._server is not None:
+            raise RuntimeError("simulators already started")
+        self._server = _Server.launch((host, port), self.simulators)
+        return self.urls
+
+    def stop(self) -> None:
+        """Stop serving and wait for the server thread; a no-op when not started."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Each simulator's endpoint URL, in the order of the configs."""
+        return tuple(sim.url for sim in self.simulators)
+
+    def __enter__(self) -> SimulatorGroup:
         if self._server is None:
             self.start()
         return self
@@ -592,8 +818,7 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 10  # a client that connects and never sends must not hold stop() forever
 
     def do_GET(self) -> None:
-        simulator = cast(_Server, self.server).simulator
-        reply = simulator._handle(self.path, self.headers.get("Authorization"))
+        reply = cast(_Server, self.server).reply(self.path, self.headers.get("Authorization"))
         self.send_response(reply.status, _REASONS.get(reply.status))
         self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(len(reply.body)))
@@ -607,11 +832,51 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
+    """One listening socket for one or more simulators, each answering at its own path."""
+
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], simulator: Simulator) -> None:
+    def __init__(self, address: tuple[str, int], simulators: tuple[Simulator, ...]) -> None:
         super().__init__(address, _Handler)
-        self.simulator = simulator
+        self.simulators = simulators
+        self._thread = threading.Thread(
+            target=self.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="recorder-simulator",
+            daemon=True,
+        )
+
+    @classmethod
+    def launch(cls, address: tuple[str, int], simulators: tuple[Simulator, ...]) -> _Server:
+        """Listen on `address` and serve `simulators` in a daemon thread."""
+        if any(sim._base_url is not None for sim in simulators):
+            raise RuntimeError("simulator already started")
+        server = cls(address, simulators)
+        host, port = server.server_address[:2]
+        for sim in simulators:
+            sim._stopping.clear()
+            sim._base_url = f"http://{host!s}:{port}"
+        server._thread.start()
+        return server
+
+    def close(self) -> None:
+        """Stop serving, cutting slow answers short, and wait for the thread."""
+        for sim in self.simulators:
+            sim._stopping.set()
+        self.shutdown()
+        self.server_close()
+        self._thread.join()
+        for sim in self.simulators:
+            sim._base_url = None
+
+    def reply(self, path: str, authorization: str | None) -> _Reply:
+        """The answer of the simulator whose path this is."""
+        for sim in self.simulators:
+            if sim._route(path) is not None:
+                return sim._handle(path, authorization)
+        if len(self.simulators) == 1:
+            return self.simulators[0]._handle(path, authorization)  # its 404, counted
+        return _json_reply(404, NOT_FOUND_BODY)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that gave up (e.g. timed out on a slow answer) is expected, not an error.
@@ -621,21 +886,23 @@ class _Server(ThreadingHTTPServer):
 
 
 def serve_forever(
-    config: SimConfig,
+    config: SimConfig | Sequence[SimConfig],
     host: str = "127.0.0.1",
     port: int = 0,
     on_ready: Callable[[str], None] | None = None,
     clock: Clock = time.time,
 ) -> None:
-    """Serve until KeyboardInterrupt; ``on_ready`` gets the URL once listening. Prints nothing."""
-    simulator = Simulator(config, clock)
+    """Serve until KeyboardInterrupt; ``on_ready`` gets each URL once listening. Prints nothing."""
+    configs = (config,) if isinstance(config, SimConfig) else tuple(config)
+    group = SimulatorGroup(configs, clock)
     try:
-        url = simulator.start(host, port)
+        urls = group.start(host, port)
         if on_ready is not None:
-            on_ready(url)
+            for url in urls:
+                on_ready(url)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
-        simulator.stop()
+        group.stop()

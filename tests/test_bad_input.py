@@ -132,6 +132,16 @@ USAGE_ERRORS = [
     (["simulate", "--token", "t", "--kind", "video:nan:90"], "--kind", "in 'video:nan:90'"),
     (["simulate", "--token", "t", "--kind", "video:2:inf"], "--kind", "not a finite number"),
     (["simulate", "--token", "t", "--kind", "video:2"], "--kind", "is not TYPE:PER_MIN:MEAN_S"),
+    (
+        ["simulate", "--token", "t", "--service", "midjourney"],
+        "--service",
+        "'midjourney' is not a service the simulator knows: pixverse, kling, minimax, runway",
+    ),
+    (
+        ["simulate", "--token", "t", "--service", "kling", "--service", "kling"],
+        "--service",
+        "'kling' is given twice",
+    ),
 ]
 
 
