@@ -39,6 +39,7 @@ from sqlalchemy import Connection, Engine, insert, text
 from recorder import db
 from recorder.models import JobStatus, Target, TransitionKind
 from recorder.snapshot import Outcome
+from recorder.urls import GENERIC, same_target_key
 
 INTERVAL = 10.0
 TYPES = (("video", 90.0, 0.6), ("image", 20.0, 0.5))
@@ -121,7 +122,7 @@ def fill(
             target_ids = [
                 conn.execute(
                     insert(Target)
-                    .values(url=_target_url(seed, jobs, targets, t), created_at=_dt(start))
+                    .values(created_at=_dt(start), **_target(seed, jobs, targets, t))
                     .returning(Target.id)
                 ).scalar_one()
                 for t in range(targets)
@@ -205,8 +206,11 @@ def rebuild_rollups(engine: Engine) -> float | None:
     return time.perf_counter() - began
 
 
-def _target_url(seed: int, jobs: int, targets: int, t: int) -> str:
-    return f"bench://fill/{seed}/{jobs}" + (f"/{t}" if targets > 1 else "")
+def _target(seed: int, jobs: int, targets: int, t: int) -> dict[str, str]:
+    """A filled target's URL, its identity, its name (unique as the URL is) and its service."""
+    url = f"bench://fill/{seed}/{jobs}" + (f"/{t}" if targets > 1 else "")
+    name = url.removeprefix("bench://")
+    return {"url": url, "url_key": same_target_key(url), "name": name, "service": GENERIC}
 
 
 @contextmanager

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from alembic import context
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from recorder import db
 from recorder.models import Base, postgresql_conditions
@@ -48,10 +51,36 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+@contextmanager
+def _sqlite_foreign_keys_off(connection: Connection) -> Iterator[None]:
+    """SQLite: foreign keys unenforced while the migrations run, and on again after.
+
+    Batch mode rebuilds a table by copying it, dropping it and renaming the copy (SQLite's own
+    procedure for a change ALTER TABLE cannot make); dropping a table that others refer to fails
+    while foreign keys are enforced, and the pragma has no effect inside a transaction, so it is
+    set before any begins. A migration that rebuilds a table others refer to runs
+    ``PRAGMA foreign_key_check`` before its transaction commits (0009 does).
+    """
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    raw = connection.connection.dbapi_connection
+    assert raw is not None
+    raw.execute("PRAGMA foreign_keys=OFF")  # autocommit: no transaction is open yet
+    try:
+        yield
+    finally:
+        # Alembic has committed each migration by now (on SQLite, one transaction apiece); what
+        # is left open is a read of its own, which closing the connection would roll back too.
+        if connection.in_transaction():
+            connection.rollback()
+        raw.execute("PRAGMA foreign_keys=ON")
+
+
 def run_migrations_online() -> None:
     """Run the migrations on a live connection, in one transaction."""
     engine = _engine()
-    with engine.connect() as connection:
+    with engine.connect() as connection, _sqlite_foreign_keys_off(connection):
         context.configure(
             connection=connection,
             target_metadata=target_metadata,

@@ -295,6 +295,20 @@ def _now() -> datetime:
 @click.option(
     "--account", "accounts", multiple=True, metavar="EMAIL", help="Only this account (repeatable)."
 )
+@click.option(
+    "--service",
+    "services",
+    multiple=True,
+    metavar="SERVICE",
+    help="Only the targets of this service: pixverse, kling, …, generic (repeatable).",
+)
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    metavar="NAME|URL",
+    help="Only this target, by name or polled URL (repeatable).",
+)
 @_window_options
 @click.option(
     "--limit",
@@ -315,6 +329,8 @@ def jobs(
     status: str | None,
     types: tuple[str, ...],
     accounts: tuple[str, ...],
+    services: tuple[str, ...],
+    targets: tuple[str, ...],
     since: When | None,
     until: When | None,
     limit: int | None,
@@ -323,11 +339,12 @@ def jobs(
     """List recorded jobs, oldest first; with --since/--until, those overlapping the window.
 
     JSON has one object per job with id, type, account, status, started_at, ended_at,
-    duration_s, duration_min_s, duration_max_s, first_seen_at, last_seen_at and more.
+    duration_s, duration_min_s, duration_max_s, first_seen_at, last_seen_at, target (the URL
+    polled), service, target_name and more.
 
     Example:
 
-        recorder jobs --finished --type video --since 24h --order -duration --limit 10
+        recorder jobs --finished --service pixverse --since 24h --order -duration --limit 10
     """
     from recorder import reports
     from recorder.timespec import parse_when
@@ -338,6 +355,8 @@ def jobs(
             status=status,
             types=types,
             accounts=accounts,
+            services=services,
+            targets=targets,
             since=parse_when(since, now) if since else None,
             until=parse_when(until, now) if until else None,
             limit=limit,
@@ -357,12 +376,14 @@ def jobs(
     "--by",
     "by",
     multiple=True,
-    type=click.Choice(("type", "account", "hour", "day")),
+    type=click.Choice(("type", "account", "hour", "day", "service", "target")),
     help="Group by this key (repeatable: --by type --by day).",
 )
 @_format_option(("table", "json", "csv"))
 @click.option("--histogram", is_flag=True, help="Add a text histogram of durations per group.")
-@click.option("--target", metavar="URL", help="Only this polled URL [default: all].")
+@click.option(
+    "--target", metavar="NAME|URL", help="Only this target, by name or polled URL [default: all]."
+)
 @pass_state
 def stats(
     state: State,
@@ -437,7 +458,9 @@ def sql(state: State, query: str, fmt: str | None, timeout_s: float) -> None:
 @cli.command()
 @_window_options
 @_format_option()
-@click.option("--target", metavar="URL", help="Only this polled URL [default: all].")
+@click.option(
+    "--target", metavar="NAME|URL", help="Only this target, by name or polled URL [default: all]."
+)
 @pass_state
 def gaps(
     state: State, since: When | None, until: When | None, fmt: str | None, target: str | None
@@ -453,7 +476,7 @@ def gaps(
 
     with _user_errors():
         start, end = window(since, until, _now())
-    rows = reports.gaps(state.reader(), start, end, target)
+        rows = reports.gaps(state.reader(), start, end, target)
     render(rows, fmt or default_format(), sys.stdout, reports.GAP_FIELDS)
 
 

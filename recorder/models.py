@@ -2,7 +2,7 @@
 
 Tables (see docs/schema.md):
 
-* ``targets``: each polled URL; several targets share one database.
+* ``targets``: each polled URL, with its name and service; several targets share one database.
 * ``polls``: one row per poll, successful or not. A poll that changed nothing writes only this.
 * ``jobs``: one row per job id and target, with its inferred start, end and duration.
 * ``transitions``: appeared / vanished / reappeared, each with the poll that saw it.
@@ -225,13 +225,20 @@ class TransitionKind(StrEnum):
 
 
 class TargetTable(Base):
-    """A polled URL."""
+    """A polled URL, its name and its service."""
 
     __tablename__ = "targets"
 
     id: Column[int] = Column(Integer, primary_key=True)
-    url: Column[str] = Column(String, unique=True, nullable=False)
+    url: Column[str] = Column(String, unique=True, nullable=False)  # as first polled
     created_at: Column[datetime] = Column(UTCDateTime, nullable=False)
+    # A label for people and reports (`--target NAME`); the id is the identity.
+    name: Column[str] = Column(String, unique=True, nullable=False)
+    service: Column[str] = Column(String, nullable=False)  # pixverse, kling, …, or generic
+    # recorder.urls.same_target_key(url): every spelling of the URL finds this target. Null only
+    # for a target recorded before migration 0009 under another spelling of an older target's
+    # URL: its history is kept apart, and new polls go to the older one.
+    url_key: Column[str | None] = Column(String, unique=True)
 
 
 class PollTable(Base):

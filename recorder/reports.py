@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Engine, func, select, text, union_all
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.expression import UnaryExpression
 
+from recorder import targets
 from recorder.dialect import Dialect
 from recorder.models import (
     Job,
@@ -50,9 +51,21 @@ JOB_FIELDS = (
     "first_seen_at",
     "last_seen_at",
     "target",
+    "service",
+    "target_name",
 )
 _DURATIONS = ("duration_s", "duration_min_s", "duration_max_s")
-TABLE_COLUMNS = ("id", "type", "account", "status", "started_at", "duration", "bounds", "gap")
+TABLE_COLUMNS = (
+    "id",
+    "type",
+    "account",
+    "status",
+    "started_at",
+    "duration",
+    "bounds",
+    "gap",
+    "target",
+)
 
 
 ORDERS = ("started", "ended", "duration", "id")
@@ -65,6 +78,8 @@ class JobQuery:
     status: str | None = None  # a JobStatus; None for every job
     types: tuple[str, ...] = ()
     accounts: tuple[str, ...] = ()
+    services: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ()  # names or URLs (recorder.targets)
     since: datetime | None = None  # jobs overlapping [since, until)
     until: datetime | None = None
     limit: int | None = None
@@ -72,11 +87,33 @@ class JobQuery:
 
 
 def jobs(engine: Engine, query: JobQuery = JobQuery()) -> Iterator[dict[str, Any]]:
-    """Every matching job as a dict with the JOB_FIELDS keys, streamed."""
+    """Every matching job as a dict with the JOB_FIELDS keys, streamed.
+
+    A --target or --service that names no target raises UnknownTarget here, before anything
+    streams.
+    """
+    with engine.connect() as conn:
+        chosen = _TargetFilter(
+            targets.target_ids(conn, query.targets) if query.targets else None,
+            targets.service_target_ids(conn, query.services) if query.services else None,
+        )
+    return _jobs(engine, query, chosen)
+
+
+@dataclass(frozen=True, slots=True)
+class _TargetFilter:
+    """The ids of the targets a listing keeps: those `named`, and those of the services (None:
+    no such filter)."""
+
+    named: list[int] | None = None
+    of_services: list[int] | None = None
+
+
+def _jobs(engine: Engine, query: JobQuery, chosen: _TargetFilter) -> Iterator[dict[str, Any]]:
     sqlite = Dialect.of(engine).sqlite
     with engine.connect() as conn:
         by_start = sqlite and _fewer_started_than_ended(conn, query)
-        stmt = _statement(query, sqlite=sqlite, by_start=by_start)
+        stmt = _statement(query, sqlite=sqlite, by_start=by_start, chosen=chosen)
         for row in conn.execution_options(yield_per=1000).execute(stmt):
             job = dict(row._mapping)
             for key in _DURATIONS:
@@ -85,7 +122,13 @@ def jobs(engine: Engine, query: JobQuery = JobQuery()) -> Iterator[dict[str, Any
             yield job
 
 
-def _statement(query: JobQuery, *, sqlite: bool, by_start: bool = False) -> Any:
+def _statement(
+    query: JobQuery,
+    *,
+    sqlite: bool,
+    by_start: bool = False,
+    chosen: _TargetFilter = _TargetFilter(),
+) -> Any:
     """The SELECT of `jobs`: its filters, its order and its limit.
 
     A job overlaps a window that starts at `since` when it is running or ended at `since` or
@@ -101,19 +144,21 @@ def _statement(query: JobQuery, *, sqlite: bool, by_start: bool = False) -> Any:
     """
     key, descending = _ordering(query.order)
     if query.since is None:
-        stmt = _filtered(_listing(), query)
+        stmt = _filtered(_listing(), query, chosen)
         stmt = stmt.order_by(*_directed((key, Job.id), descending))
     else:
         # A half that the status filter empties is left out (but one half always remains).
         halves: list[Any] = []  # Any: mypy 2.4 crashes inferring union_all's generic type
         if query.status in (None, JobStatus.RUNNING):
-            halves.append(_filtered(_listing(key), replace(query, status=JobStatus.RUNNING)))
+            running = replace(query, status=JobStatus.RUNNING)
+            halves.append(_filtered(_listing(key), running, chosen))
         if query.status != JobStatus.RUNNING:
             # On SQLite, only the chosen time range may be read along an index.
             end_at = _unindexed(Job.end_at) if sqlite and by_start else Job.end_at
             ended = _filtered(
                 _listing(key),
                 query,
+                chosen,
                 status_indexed=not sqlite,
                 start_indexed=not sqlite or by_start,
             )
@@ -167,6 +212,8 @@ def _listing(key: Any = None) -> Any:
             # While a job runs, the last poll that listed it is the latest successful one.
             func.coalesce(last.received_at, latest_seen.scalar_subquery()).label("last_seen_at"),
             Target.url.label("target"),
+            Target.service,
+            Target.name.label("target_name"),
             *extra,
         )
         .join(Target, Target.id == Job.target_id)
@@ -176,11 +223,17 @@ def _listing(key: Any = None) -> Any:
 
 
 def _filtered(
-    stmt: Any, query: JobQuery, *, status_indexed: bool = True, start_indexed: bool = True
+    stmt: Any,
+    query: JobQuery,
+    chosen: _TargetFilter = _TargetFilter(),
+    *,
+    status_indexed: bool = True,
+    start_indexed: bool = True,
 ) -> Any:
-    """`stmt` with every filter of `query` but `since` (see _statement); running jobs are read
-    through their partial index (`running_jobs`). On SQLite, without `status_indexed` no index
-    may serve the status of finished jobs, without `start_indexed` none `until`."""
+    """`stmt` with every filter of `query` but `since` (see _statement), its targets and
+    services `chosen`; running jobs are read through their partial index (`running_jobs`). On
+    SQLite, without `status_indexed` no index may serve the status of finished jobs, without
+    `start_indexed` none `until`."""
     if query.status == JobStatus.RUNNING:
         stmt = running_jobs(stmt)
     elif query.status is not None:
@@ -190,6 +243,9 @@ def _filtered(
         stmt = stmt.where(Job.type.in_(query.types))
     if query.accounts:
         stmt = stmt.where(Job.account.in_(query.accounts))
+    for ids in (chosen.named, chosen.of_services):
+        if ids is not None:
+            stmt = stmt.where(Job.target_id.in_(ids))
     if query.until is not None:
         start = Job.start_at if start_indexed else _unindexed(Job.start_at)
         stmt = stmt.where(start < query.until)
@@ -246,17 +302,31 @@ GAP_FIELDS = ("target", "started_at", "ended_at", "duration_s", "failed_polls", 
 def gaps(
     engine: Engine, since: datetime, until: datetime, target: str | None = None
 ) -> Iterator[dict[str, Any]]:
-    """The periods with no successful poll (view poll_gaps) that overlap [since, until)."""
+    """The periods with no successful poll (view poll_gaps) that overlap [since, until), of
+    every target or of the one `target` names (a name or a URL: UnknownTarget if none, raised
+    here, before anything streams)."""
+    name = None
+    if target is not None:
+        with engine.connect() as conn:
+            name = conn.scalar(
+                select(Target.name).where(Target.id == targets.target_id(conn, target))
+            )
+    return _gaps(engine, since, until, name)
+
+
+def _gaps(
+    engine: Engine, since: datetime, until: datetime, name: str | None
+) -> Iterator[dict[str, Any]]:
     dialect = Dialect.of(engine)
     bounds = {"since": dialect.view_time(since), "until": dialect.view_time(until)}
     sql = (
         "SELECT target, started_at, ended_at, duration_s, failed_polls, ongoing FROM poll_gaps "
         "WHERE started_at < :until AND ended_at > :since"
-        + (" AND target = :target" if target is not None else "")
+        + (" AND target_name = :name" if name is not None else "")
         + " ORDER BY started_at, target"
     )
     with engine.connect() as conn:
-        for row in conn.execute(text(sql), {**bounds, "target": target}):
+        for row in conn.execute(text(sql), {**bounds, "name": name}):
             gap = dict(row._mapping)
             gap["started_at"] = dialect.from_view_time(gap["started_at"])
             gap["ended_at"] = dialect.from_view_time(gap["ended_at"])
@@ -280,6 +350,7 @@ def table_row(job: dict[str, Any]) -> dict[str, Any]:
         "duration": human_duration(job["duration_s"]),
         "bounds": bounds,
         "gap": "yes" if job["closed_across_gap"] else "",
+        "target": job["target_name"],
     }
 
 

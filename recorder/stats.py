@@ -16,7 +16,9 @@ Definitions (docs/stats.md has them for users):
 * Coverage is the share of the window between consecutive successful polls with no gap between
   them; time before a target's first or after its last successful poll is not covered. ``gaps``
   counts the gaps of the ``poll_gaps`` view that overlap the window. With several targets,
-  coverage is their mean.
+  coverage is their mean: grouped by ``target`` or ``service``, that of the group's own targets.
+* Grouped by ``target``, a group is one target, shown by its name; by ``service``, the targets
+  of one service together.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, select, text
 
-from recorder import rollups
+from recorder import rollups, targets
 from recorder.clock import LATEST, to_datetime
 from recorder.dialect import Dialect
 from recorder.models import (
@@ -43,7 +45,7 @@ from recorder.models import (
     ok_sql,
 )
 
-GROUP_KEYS = ("type", "account", "hour", "day")
+GROUP_KEYS = ("type", "account", "hour", "day", "service", "target")
 TIME_KEYS = {"hour": 3600, "day": 86400}
 PERCENTILES = (50, 90, 95, 99)
 # Histogram bin edges in seconds: roughly 1-2-5 steps, readable for seconds to hours.
@@ -116,10 +118,6 @@ class Report:
     groups: list[Group]
 
 
-class UnknownTarget(ValueError):
-    """--target names a URL the database has never polled."""
-
-
 def compute(engine: Engine, query: StatsQuery) -> Report:
     """Compute every figure of `query` with a handful of SQL queries."""
     for key in query.by:
@@ -133,10 +131,13 @@ def compute(engine: Engine, query: StatsQuery) -> Report:
             # One snapshot for every query, as SQLite's transaction gives: the percentiles'
             # ranks come from one query and their values from others.
             conn.execution_options(isolation_level="REPEATABLE READ")
-        sql.target_id = _target_id(conn, query.target)
+        if query.target is not None:
+            sql.target_id = targets.target_id(conn, query.target)
+        labels = _labels(conn)
+        sql.shared_targets = _shared_service_targets(sql, labels)
         sql.covering = _covers_every_job(conn, query)
         split = _Split.of(conn, sql)
-        groups = _Groups(query)
+        groups = _Groups(query, labels)
         for found in _durations(conn, sql, split):
             groups.fill_durations(found)
         for part, params in _parts(sql, split.edges):
@@ -213,12 +214,45 @@ def _merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
-def _parts(sql: _Sql, windows: Iterable[tuple[float, float]]) -> Iterator[tuple[_Sql, Any]]:
-    """The report's SQL for a part of its window, with that part's parameters."""
+def _parts(
+    sql: _Sql, windows: Iterable[tuple[float, float]], only_targets: list[int] | None = None
+) -> Iterator[tuple[_Sql, Any]]:
+    """The report's SQL for a part of its window (and of its targets, `only_targets`), with
+    that part's parameters."""
     for lo, hi in windows:
         part = _Sql(sql.d, replace(sql.q, since=to_datetime(lo), until=to_datetime(hi)))
         part.target_id = sql.target_id
+        part.only_targets = only_targets
         yield part, part.params()
+
+
+@dataclass(frozen=True, slots=True)
+class _Label:
+    """What a target is called in a report: its name, and its service."""
+
+    name: str
+    service: str
+
+
+def _labels(conn: Connection) -> dict[int, _Label]:
+    """Every target's name and service, by id."""
+    rows = conn.execute(select(Target.id, Target.name, Target.service))
+    return {row.id: _Label(row.name, row.service) for row in rows}
+
+
+def _shared_service_targets(sql: _Sql, labels: Mapping[int, _Label]) -> list[int]:
+    """The targets whose group by service holds other targets too (none unless the report is
+    by service, and neither by target nor of one --target).
+
+    The rollups keep peaks per target and across every target, not per service: the peak of a
+    service with one target is that target's, but one with several needs its jobs.
+    """
+    if "service" not in sql.plain_keys or "target" in sql.plain_keys or sql.target_id is not None:
+        return []
+    count: dict[str, int] = {}
+    for label in labels.values():
+        count[label.service] = count.get(label.service, 0) + 1
+    return sorted(i for i, label in labels.items() if count[label.service] > 1)
 
 
 def _concurrency(conn: Connection, sql: _Sql, split: _Split, groups: _Groups) -> None:
@@ -243,20 +277,19 @@ def _concurrency(conn: Connection, sql: _Sql, split: _Split, groups: _Groups) ->
             add(row, 0, row.busy)
         for row in conn.execute(sql.rollup_peaks(len(split.rollup_hours)), params):
             add(row, row.peak, 0.0)
+        if sql.shared_targets:
+            # A service with several targets: the largest of their peaks (added just above) may
+            # be below the service's own, which its jobs give exactly (the peak alone: its time
+            # in flight is the rollups' sum).
+            whole = [(lo * rollups.HOUR, hi * rollups.HOUR) for lo, hi in split.rollup_hours]
+            for part, params in _parts(sql, whole, sql.shared_targets):
+                for row in conn.execute(part.concurrency(), params):
+                    add(row, row.peak, 0.0)
     for group in groups.groups.values():
         if id(group) in totals:
             group.peak_concurrency = peaks[id(group)]
             span = (group.until - group.since).total_seconds()
             group.mean_concurrency = totals[id(group)] / span
-
-
-def _target_id(conn: Connection, url: str | None) -> int | None:
-    if url is None:
-        return None
-    found = conn.scalar(select(Target.id).where(Target.url == url))
-    if found is None:
-        raise UnknownTarget(f"no target {url!r} in this database")
-    return found
 
 
 def _covers_every_job(conn: Connection, query: StatsQuery) -> bool:
@@ -404,11 +437,13 @@ def _seek_percentiles(
 class _Groups:
     """Groups by key, created on first sight, plus every time bucket of the window."""
 
-    def __init__(self, query: StatsQuery) -> None:
+    def __init__(self, query: StatsQuery, labels: Mapping[int, _Label]) -> None:
         self.query = query
+        self.labels = labels
         self.time_key = next((k for k in query.by if k in TIME_KEYS), None)
         self.groups: dict[tuple[Any, ...], Group] = {}
-        self.coverage_by_bucket: dict[float, tuple[float, int, float]] = {}
+        # Per bucket, each target's (id, covered share, gaps, longest gap).
+        self.coverage_by_bucket: dict[float, list[tuple[int, float, int, float]]] = {}
         if not query.by:
             self.at({})
         elif self.time_key is not None and query.by == (self.time_key,):
@@ -430,6 +465,8 @@ class _Groups:
         for name in self.query.by:
             if name in TIME_KEYS:
                 key[name] = to_datetime(float(row["b0"]))
+            elif name == "target":  # a target's id in SQL, its name in the report
+                key[name] = self.labels[int(row["k_target"])].name
             else:
                 key[name] = row[f"k_{name}"]
         ident = tuple(key[name] for name in self.query.by)
@@ -469,18 +506,27 @@ class _Groups:
         self.at(row).running = row["n"]
 
     def set_coverage(self, rows: Sequence[Any]) -> None:
-        per_bucket: dict[float, list[tuple[float, int, float]]] = {}
         for row in rows:
             share = max(0.0, 1.0 - float(row.uncovered or 0.0) / float(row.span))
-            per_bucket.setdefault(float(row.b0), []).append(
-                (share, int(row.gaps or 0), float(row.longest or 0.0))
+            self.coverage_by_bucket.setdefault(float(row.b0), []).append(
+                (int(row.target_id), share, int(row.gaps or 0), float(row.longest or 0.0))
             )
-        for b0, targets in per_bucket.items():
-            self.coverage_by_bucket[b0] = (
-                sum(t[0] for t in targets) / len(targets),
-                sum(t[1] for t in targets),
-                max(t[2] for t in targets),
-            )
+
+    def coverage(self, group: Group) -> tuple[float, int, float]:
+        """The group's coverage, gaps and longest gap: those of its bucket's targets, or by
+        target or service, of the group's own targets (their mean share)."""
+        found = self.coverage_by_bucket.get(self._b0(group), [])
+        if "target" in group.key:
+            found = [t for t in found if self.labels[t[0]].name == group.key["target"]]
+        elif "service" in group.key:
+            found = [t for t in found if self.labels[t[0]].service == group.key["service"]]
+        if not found:
+            return 0.0, 0, 0.0
+        return (
+            sum(t[1] for t in found) / len(found),
+            sum(t[2] for t in found),
+            max(t[3] for t in found),
+        )
 
     def add_bin(self, row: Mapping[Any, Any]) -> None:
         group = self.at(row)
@@ -491,9 +537,7 @@ class _Groups:
     def ordered(self) -> list[Group]:
         """Every group in key order, with its coverage filled in."""
         for group in self.groups.values():
-            b0 = self._b0(group)
-            share, gaps, longest = self.coverage_by_bucket.get(b0, (0.0, 0, 0.0))
-            group.coverage, group.gaps, group.longest_gap_s = share, gaps, longest
+            group.coverage, group.gaps, group.longest_gap_s = self.coverage(group)
             group.histogram.sort()
         return sorted(
             self.groups.values(), key=lambda g: [_sortable(g.key[k]) for k in self.query.by]
@@ -528,6 +572,10 @@ class _Sql:
         self.d = dialect
         self.q = query
         self.target_id: int | None = None
+        # Only these targets' jobs (a part of the report: see _concurrency); None: every one.
+        self.only_targets: list[int] | None = None
+        # The targets of services that have several (see _shared_service_targets).
+        self.shared_targets: list[int] = []
         self.covering = False  # every job's start and end lie in the window
         self.time_key = next((k for k in query.by if k in TIME_KEYS), None)
         self.size = float(TIME_KEYS[self.time_key]) if self.time_key else None
@@ -558,7 +606,21 @@ class _Sql:
         return text(sql).bindparams(*typed)
 
     def _target(self, column: str) -> str:
-        return "" if self.target_id is None else f" AND {column} = :target_id"
+        chosen = "" if self.target_id is None else f" AND {column} = :target_id"
+        if self.only_targets is not None:
+            ids = ", ".join(str(int(i)) for i in self.only_targets) or "NULL"
+            # Unindexed on SQLite: the time ranges, not every job of these targets, are read.
+            chosen += f" AND {self.d.no_index(column)} IN ({ids})"
+        return chosen
+
+    def _key(self, alias: str, key: str) -> str:
+        """SQL: the grouping key `key` of the job or rollup row aliased `alias`; the target as
+        its id (named in the report), the service looked up by it (a primary key seek)."""
+        if key == "target":
+            return f"{alias}.target_id"
+        if key == "service":
+            return f"(SELECT s.service FROM targets s WHERE s.id = {alias}.target_id)"
+        return f"{alias}.{key}"
 
     def _status(self, status: JobStatus, *, indexed: bool = True) -> str:
         """SQL: job `j` has `status`; with `indexed=False`, no index is picked by status.
@@ -691,7 +753,7 @@ class _Sql:
 
     def _keys(self, time_column: str | None) -> tuple[str, str]:
         """SELECT expressions and their names for the grouping keys of jobs `j`."""
-        exprs = [f"j.{k} AS k_{k}" for k in self.plain_keys]
+        exprs = [f"{self._key('j', k)} AS k_{k}" for k in self.plain_keys]
         names = [f"k_{k}" for k in self.plain_keys]
         if self.time_key is not None and time_column is not None:
             size = self.size
@@ -751,14 +813,17 @@ class _Sql:
         params = self.params()
         for index, (lo, hi) in enumerate(ranges):
             params |= {f"h0_{index}": lo, f"h1_{index}": hi}
+        # By service, the groups of targets: the peaks of one service's targets are combined
+        # (see _concurrency); its sums add up as any other group's.
+        by_target = self.target_id is not None or {"target", "service"} & set(self.plain_keys)
         params["scope"] = rollups.scope_of(
-            self.target_id is not None, "type" in self.plain_keys, "account" in self.plain_keys
+            bool(by_target), "type" in self.plain_keys, "account" in self.plain_keys
         )
         return params
 
     def _rollup(self, alias: str, ranges: int) -> tuple[str, str, str]:
         """SELECT keys, the WHERE on `ranges` hour ranges, and the GROUP BY, for a rollup."""
-        exprs = [f"{alias}.{k} AS k_{k}" for k in self.plain_keys]
+        exprs = [f"{self._key(alias, k)} AS k_{k}" for k in self.plain_keys]
         names = [f"k_{k}" for k in self.plain_keys]
         if self.size is not None:
             size = int(self.size)
@@ -821,7 +886,7 @@ class _Sql:
         return found
 
     def running(self) -> Any:
-        exprs = ", ".join(f"j.{k} AS k_{k}" for k in self.plain_keys)
+        exprs = ", ".join(f"{self._key('j', k)} AS k_{k}" for k in self.plain_keys)
         names = ", ".join(f"k_{k}" for k in self.plain_keys)
         group = f"GROUP BY {names}" if names else ""
         return self._text(f"""
@@ -862,7 +927,7 @@ class _Sql:
         """
         d = self.d
         keys = [f"k_{k}" for k in self.plain_keys]
-        k_exprs = ", ".join(f"j.{k} AS k_{k}" for k in self.plain_keys)
+        k_exprs = ", ".join(f"{self._key('j', k)} AS k_{k}" for k in self.plain_keys)
         k_names = ", ".join(keys)
         end = d.greatest(d.epoch("latest.t"), d.epoch("j.start_at"))
         since, until, size = d.number("since_e"), d.number("until_e"), d.number("size")

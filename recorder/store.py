@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from recorder import rollups
 from recorder.clock import EARLIEST, LATEST, storable, to_datetime
@@ -43,6 +44,7 @@ from recorder.models import (
     succeeded,
 )
 from recorder.snapshot import Item, Outcome, PollResult, Snapshot
+from recorder.urls import first_free_name, same_target_key, service_of_url
 
 # Keeps IN (...) lists well under every backend's limit on bound parameters.
 CHUNK = 500
@@ -95,6 +97,14 @@ class _Columns:
         return None
 
 
+# Tries of Store.target when another recorder creates or renames a target at the same moment.
+_TARGET_TRIES = 3
+
+
+class TargetNameTaken(ValueError):
+    """A target is to be named as another target already is."""
+
+
 @dataclass(frozen=True, slots=True)
 class Loaded:
     """A target's inference state as the database holds it."""
@@ -119,17 +129,28 @@ class Store:
         """Wrap an engine whose schema is up to date."""
         self.engine = engine
 
-    def target(self, url: str, now: float) -> int:
-        """The id of the target for `url`, created at `now` if new."""
-        with self.engine.begin() as conn:
-            found = conn.scalar(select(Target.id).where(Target.url == url))
-            if found is not None:
-                return found
-            created = _Columns().time(now)
-            inserted = conn.execute(
-                insert(Target).values(url=url, created_at=created).returning(Target.id)
-            )
-            return int(inserted.scalar_one())
+    def target(
+        self, url: str, now: float, *, name: str | None = None, service: str | None = None
+    ) -> int:
+        """The id of the target for `url`, created at `now` if new; `name` and `service` label it.
+
+        Every spelling of one URL is one target (recorder.urls.same_target_key), whose `url`
+        stays as first given. A new target's service defaults to the one its URL names, its
+        name to the service's (``-2``, ``-3``… when taken). A `name` or `service` other than
+        the stored one relabels the target (ids are the identity, names and services labels);
+        a name another target holds is refused (TargetNameTaken).
+        """
+        key = same_target_key(url)
+        for attempt in range(_TARGET_TRIES):
+            try:
+                with self.engine.begin() as conn:
+                    return _target(conn, url, key, now, name, service)
+            except IntegrityError:
+                # Another recorder created this target, or took the name, since it was read:
+                # read again (a name it took is then refused as taken).
+                if attempt == _TARGET_TRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def load(self, target_id: int) -> Loaded:
         """The state the last recorded poll of this target left."""
@@ -225,6 +246,49 @@ class Store:
                 dropped = func.coalesce(Poll.dropped_values, 0) + columns.clamped
                 conn.execute(update(Poll).where(Poll.id == poll_id).values(dropped_values=dropped))
         return poll_id
+
+
+def _target(
+    conn: Connection, url: str, key: str, now: float, name: str | None, service: str | None
+) -> int:
+    """Store.target in one transaction: find by the URL's key, relabel, or create."""
+    if name is not None and not name.strip():
+        raise ValueError("a target's name cannot be empty")
+    labels = select(Target.id, Target.name, Target.service)
+    found = conn.execute(labels.where(Target.url_key == key)).first()
+    if found is None:  # only if the key's rules changed since the target was recorded
+        found = conn.execute(labels.where(Target.url == url)).first()
+    if found is None:
+        service = service or service_of_url(url)
+        if name is None:
+            name = first_free_name(service, set(conn.scalars(select(Target.name))))
+        else:
+            _check_free(conn, name, None)
+        created = _Columns().time(now)
+        values = {
+            "url": url,
+            "url_key": key,
+            "name": name,
+            "service": service,
+            "created_at": created,
+        }
+        return int(conn.execute(insert(Target).values(**values).returning(Target.id)).scalar_one())
+    relabel: dict[str, str] = {}
+    if name is not None and name != found.name:
+        _check_free(conn, name, found.id)
+        relabel["name"] = name
+    if service is not None and service != found.service:
+        relabel["service"] = service
+    if relabel:
+        conn.execute(update(Target).where(Target.id == found.id).values(**relabel))
+    return int(found.id)
+
+
+def _check_free(conn: Connection, name: str, target_id: int | None) -> None:
+    """Refuse `name` when a target other than `target_id` holds it."""
+    holder = conn.scalar(select(Target.url).where(Target.name == name, Target.id != target_id))
+    if holder is not None:
+        raise TargetNameTaken(f"the target name {name!r} is taken by {holder}")
 
 
 def chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from recorder.models import Job, Poll
+from recorder.models import Job, Poll, Target
 from recorder.stats import HISTOGRAM_EDGES, TIME_KEYS
 
 PERCENTILES = (50, 90, 95, 99)
@@ -59,17 +59,26 @@ class Truth:
 
 
 def load(engine: Engine) -> tuple[list[Any], list[Any]]:
-    """Every job and every poll, as plain rows."""
+    """Every job and every poll, as plain rows, each with its target's name (`target`) and
+    `service`."""
+    labels = (Target.name.label("target"), Target.service)
     with engine.connect() as conn:
-        jobs = conn.execute(select(Job.__table__)).all()
-        polls = conn.execute(select(Poll.__table__).order_by(Poll.id)).all()
+        jobs = conn.execute(
+            select(Job.__table__, *labels).join(Target, Target.id == Job.target_id)
+        ).all()
+        polls = conn.execute(
+            select(Poll.__table__, *labels)
+            .join(Target, Target.id == Poll.target_id)
+            .order_by(Poll.id)
+        ).all()
     return jobs, polls
 
 
 def compute(
     jobs: list[Any], polls: list[Any], since: float, until: float, now: float, by: tuple[str, ...]
 ) -> dict[tuple[Any, ...], Truth]:
-    """Every group's figures for the window [since, until)."""
+    """Every group's figures for the window [since, until); grouped by ``target``, a group's key
+    is the target's name."""
     time_key = next((k for k in by if k in TIME_KEYS), None)
     size = TIME_KEYS[time_key] if time_key else None
     spans = _spans(since, until, size)
@@ -109,10 +118,17 @@ def compute(
             if e > s:
                 group(job, b0 if size else None).intervals.append((s, e))
 
-    coverage = {b0: _coverage(polls, lo, hi) for b0, lo, hi in spans}
+    windows = {b0: (lo, hi) for b0, lo, hi in spans}
     for key, truth in groups.items():
         b0 = key[by.index(time_key)] if time_key else since
-        truth.coverage, truth.gaps, truth.longest_gap = coverage[b0]
+        # Grouped by target or service, a group's coverage is that of its own targets' polls.
+        label = next((k for k in ("target", "service") if k in by), None)
+        chosen = (
+            polls
+            if label is None
+            else [p for p in polls if getattr(p, label) == key[by.index(label)]]
+        )
+        truth.coverage, truth.gaps, truth.longest_gap = _coverage(chosen, *windows[b0])
     return groups
 
 

@@ -14,6 +14,8 @@ from sqlalchemy import Engine, create_engine, inspect, text
 from recorder import db, stats
 from recorder.dialect import Dialect
 from recorder.models import Base
+from recorder.store import Store
+from recorder.urls import same_target_key
 
 NOW = datetime(2026, 11, 30, tzinfo=UTC)
 
@@ -184,3 +186,149 @@ def test_0008_keeps_every_transition_and_its_downgrade_too(engine: Engine) -> No
     assert [tuple(r[1:]) for r in renumbered] == sorted(rows, key=lambda r: (r[1], r[0]))
     assert [r[0] for r in renumbered] == [1, 2, 3, 4]
     command.upgrade(config, "head")
+
+
+# Targets recorded before 0009, in id order: the service from the path, names in id order, and
+# spellings of an older target's URL left without the identity (their histories kept apart).
+PIXVERSE = "https://api.useapi.net/v2/pixverse/scheduler/"
+BEFORE_0009 = [
+    (PIXVERSE, "pixverse", "pixverse", True),
+    ("https://api.useapi.net/v1/kling/scheduler/", "kling", "kling", True),
+    ("https://API.useapi.net:443/v2/pixverse/scheduler", "pixverse-2", "pixverse", False),
+    (f"{PIXVERSE}?email=b@example.com", "pixverse-3", "pixverse", True),
+    ("https://api.useapi.net/v1/runwayml/scheduler/", "runway", "runway", True),
+    ("http://127.0.0.1:9/a/", "generic", "generic", True),
+    ("http://localhost:9/a", "generic-2", "generic", False),
+    ("http://127.0.0.1:9/b/", "generic-3", "generic", True),
+]
+VIEWS = ("job_history", "poll_log", "poll_gaps")
+
+
+def record_before_0009(engine: Engine) -> None:
+    """Each target of BEFORE_0009 with three polls (a gap: ok, failed, ok) and a job."""
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.begin() as conn:
+        for target_id, (url, *_) in enumerate(BEFORE_0009, start=1):
+            moment: Any = 1_750_000_000.0 + target_id
+            if not sqlite:
+                moment = datetime.fromtimestamp(moment, UTC)
+            conn.execute(
+                text("INSERT INTO targets (id, url, created_at) VALUES (:id, :url, :t)"),
+                {"id": target_id, "url": url, "t": moment},
+            )
+            for n, outcome, gap in ((1, "ok", False), (2, "server", False), (3, "ok", True)):
+                conn.execute(
+                    text(
+                        "INSERT INTO polls (id, target_id, sent_at, received_at, latency_s,"
+                        " outcome, after_gap) VALUES (:id, :target, :t, :t, 0.0, :outcome, :gap)"
+                    ),
+                    {
+                        "id": 10 * target_id + n,
+                        "target": target_id,
+                        "t": moment,
+                        "outcome": outcome,
+                        "gap": gap,
+                    },
+                )
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (target_id, api_id, status, first_poll_id, start_at,"
+                    " start_source, closed_across_gap) VALUES (:target, 'job', 'running', :poll,"
+                    " :t, 'poll', false)"
+                ),
+                {"target": target_id, "poll": 10 * target_id + 1, "t": moment},
+            )
+
+
+def view_rows(engine: Engine) -> dict[str, tuple[list[str], list[tuple[Any, ...]]]]:
+    """Each report view's columns and rows, in a fixed order."""
+    found = {}
+    with engine.connect() as conn:
+        for view in VIEWS:
+            result = conn.execute(text(f"SELECT * FROM {view}"))
+            found[view] = (list(result.keys()), sorted(map(tuple, result), key=repr))
+    return found
+
+
+def view_grants(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {
+            view: int(
+                conn.exec_driver_sql(
+                    "SELECT count(*) FROM information_schema.role_table_grants "
+                    f"WHERE table_name = '{view}' AND grantee = 'PUBLIC'"
+                ).scalar()
+                or 0
+            )
+            for view in VIEWS
+        }
+
+
+def test_0009_names_the_recorded_targets_and_its_downgrade_restores_0008(engine: Engine) -> None:
+    config = db.alembic_config(engine)
+    command.downgrade(config, "0008")
+    record_before_0009(engine)
+    postgresql = engine.dialect.name == "postgresql"
+    if postgresql:  # a grant on a view outlives its new definition, and the downgrade
+        with engine.begin() as conn:
+            conn.exec_driver_sql("GRANT SELECT ON job_history, poll_log, poll_gaps TO PUBLIC")
+    before = view_rows(engine)
+    command.upgrade(config, "head")
+
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT id, url, name, service, url_key FROM targets ORDER BY id")
+        ).all()
+    assert [(r.url, r.name, r.service, r.url_key is not None) for r in rows] == BEFORE_0009
+    assert [r.url_key for r in rows if r.url_key] == [
+        same_target_key(r.url) for r in rows if r.url_key
+    ]
+    labels = {url: (service, name) for url, name, service, _ in BEFORE_0009}
+    after = view_rows(engine)
+    for view in VIEWS:
+        old_columns, old_rows = before[view]
+        columns, found = after[view]
+        assert columns == [*old_columns, "service", "target_name"]
+        assert sorted((row[:-2] for row in found), key=repr) == old_rows
+        assert all(row[-2:] == labels[row[columns.index("target")]] for row in found), view
+        assert {row[columns.index("target")] for row in found} == set(labels)
+    # New polls of a URL spelled as two recorded targets' go to the older one.
+    store = Store(engine)
+    assert store.target("https://api.useapi.net/v2/pixverse/scheduler", 0.0) == 1
+    assert store.target("http://127.0.0.1:9/a", 0.0) == 6
+    assert store.target(f"{PIXVERSE}?email=b@example.com", 0.0) == 4
+    if postgresql:
+        assert view_grants(engine) == dict.fromkeys(VIEWS, 1)
+
+    command.downgrade(config, "0008")
+    with engine.connect() as conn:
+        columns = conn.execute(text("SELECT * FROM targets")).keys()
+    assert list(columns) == ["id", "url", "created_at"]
+    assert view_rows(engine) == before
+    if postgresql:
+        assert view_grants(engine) == dict.fromkeys(VIEWS, 1)
+    command.upgrade(config, "head")
+
+
+def test_job_history_reads_targets_only_for_their_columns(engine: Engine) -> None:
+    """As 0006 made it: a query of job_history that reads none of `target`, `service` and
+    `target_name` never looks up the targets (SQLite: scalar subqueries; PostgreSQL: LEFT JOINs
+    on a unique key, which its planner removes)."""
+    sqlite = engine.dialect.name == "sqlite"
+    explain = "EXPLAIN QUERY PLAN" if sqlite else "EXPLAIN"
+    # SQLite's plan names the table by its alias in the view.
+    targets = re.compile(r"\btargets\b|^(SEARCH|SCAN) t\b", flags=re.M)
+
+    def plan(query: str) -> str:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql(f"{explain} {query}")
+            return "\n".join(str(row[-1]) for row in rows)
+
+    assert not targets.search(plan("SELECT type, COUNT(*) FROM job_history GROUP BY type"))
+    assert targets.search(plan("SELECT service, COUNT(*) FROM job_history GROUP BY service"))
+    definition = job_history_sql(engine)
+    if sqlite:
+        assert (
+            "(SELECT t.name FROM targets t WHERE t.id = j.target_id) AS target_name" in definition
+        )
+        assert not re.search(r"\bJOIN\b", definition, flags=re.I)

@@ -170,6 +170,7 @@ def test_the_table_shows_hostile_text_escaped_on_one_line(raw: str, shown: str) 
         "duration_min_s": 0.5,
         "duration_max_s": 1.5,
         "closed_across_gap": False,
+        "target_name": raw,
     }
     text = table([reports.table_row(job)], reports.TABLE_COLUMNS)
     lines = text.split("\n")

@@ -20,7 +20,7 @@ from recorder.cli import cli
 from recorder.clock import to_datetime
 from recorder.models import Job, JobStatus, Poll, Target, latest_ok_per_target
 from recorder.output import iso
-from tests.histories import T0
+from tests.histories import T0, URL_A, URL_B
 from tests.plans import plans
 
 
@@ -61,6 +61,72 @@ def test_filters(history: tuple, args: list[str], keep: object) -> None:
     expected = {j.api_id for j in jobs if keep(j)}  # type: ignore[operator]
     assert {j["id"] for j in listed(url, *args)} == expected
     assert expected
+
+
+def test_each_job_names_its_target_and_service(history: tuple) -> None:
+    """`target` is the URL polled; `target_name` and `service` label it (both of the history's
+    targets have a URL that names no service: generic, generic-2 in the order first polled)."""
+    url, _, _ = history
+    listing = listed(url)
+    assert {(j["target"], j["target_name"], j["service"]) for j in listing} == {
+        (URL_A, "generic", "generic"),
+        (URL_B, "generic-2", "generic"),
+    }
+    assert list(listing[0])[-3:] == ["target", "service", "target_name"]
+
+
+ANOTHER_SPELLING_OF_B = URL_B.rstrip("/").replace("127.0.0.1", "LOCALHOST")
+
+
+@pytest.mark.parametrize(
+    ("args", "keep"),
+    [
+        (["--target", "generic-2"], lambda j: j.target == "generic-2"),
+        (["--target", URL_B], lambda j: j.target == "generic-2"),
+        (["--target", ANOTHER_SPELLING_OF_B], lambda j: j.target == "generic-2"),
+        (
+            ["--target", "generic", "--target", URL_B, "--finished"],
+            lambda j: j.status == "finished",
+        ),
+        (["--service", "generic", "--target", "generic"], lambda j: j.target == "generic"),
+        (["--service", "generic", "--type", "video"], lambda j: j.type == "video"),
+    ],
+)
+def test_target_and_service_filters(history: tuple, args: list[str], keep: object) -> None:
+    url, jobs, _ = history
+    expected = {j.api_id for j in jobs if keep(j)}  # type: ignore[operator]
+    assert {j["id"] for j in listed(url, *args)} == expected
+    assert expected
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "pixverse"], "no target named 'pixverse', nor polled at that URL"),
+        (["--target", "http://127.0.0.1:9/c/"], "no target named 'http://127.0.0.1:9/c/'"),
+        (["--service", "kling"], "no target of service 'kling' in this database"),
+        (["--service", "generic", "--target", "nowhere"], "no target named 'nowhere'"),
+    ],
+)
+def test_an_unknown_target_or_service_is_one_clear_line(
+    history: tuple, args: list[str], message: str
+) -> None:
+    url, _, _ = history
+    for fmt in ("json", "table"):
+        result = CliRunner().invoke(cli, ["--db", url, "jobs", *args, "--format", fmt])
+        assert result.exit_code == 1
+        assert result.output.startswith(f"Error: {message}")
+        assert result.output.count("\n") == 1  # nothing streamed before it
+
+
+def test_the_table_shows_the_target_name(history: tuple) -> None:
+    url, _, _ = history
+    result = CliRunner().invoke(
+        cli, ["--db", url, "jobs", "--format", "table", "--target", URL_B, "--limit", "3"]
+    )
+    header, _, *rows = result.output.splitlines()
+    assert header.split()[-1] == "target"
+    assert [row.split()[-1] for row in rows] == ["generic-2"] * 3
 
 
 def test_since_until_lists_the_jobs_overlapping_the_window(history: tuple) -> None:
@@ -128,6 +194,25 @@ def test_gaps_outside_the_window_are_left_out(history: tuple) -> None:
     assert json.loads(result.output) == []
 
 
+def test_gaps_of_one_target_by_name_or_url(history: tuple) -> None:
+    url, _, _ = history
+
+    def listed_gaps(*args: str) -> Any:
+        window = ["--since", at(-3600), "--until", at(7 * 3600), "--format", "json"]
+        result = CliRunner().invoke(cli, ["--db", url, "gaps", *window, *args])
+        return result.exit_code, result.output
+
+    code, everything = listed_gaps()
+    of_a = [g for g in json.loads(everything) if g["target"] == URL_A]
+    assert code == 0 and of_a
+    for ref in ("generic", URL_A, URL_A.replace("127.0.0.1", "localhost").rstrip("/")):
+        code, output = listed_gaps("--target", ref)
+        assert (code, json.loads(output)) == (0, of_a)
+    code, output = listed_gaps("--target", "kling")
+    assert code == 1 and output.startswith("Error: no target named 'kling'")
+    assert output.count("\n") == 1
+
+
 def _statement_before(query: reports.JobQuery) -> Any:
     """`recorder jobs`' SELECT as it was before the UNION ALL: one OR for `since`."""
     first, last, latest = Poll.alias(), Poll.alias(), Poll.alias()
@@ -153,6 +238,8 @@ def _statement_before(query: reports.JobQuery) -> Any:
             first.received_at.label("first_seen_at"),
             func.coalesce(last.received_at, latest.received_at).label("last_seen_at"),
             Target.url.label("target"),
+            Target.service,
+            Target.name.label("target_name"),
         )
         .join(Target, Target.id == Job.target_id)
         .join(first, first.id == Job.first_poll_id)

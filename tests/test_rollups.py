@@ -37,7 +37,12 @@ from tests.test_stats import assert_report_is_the_truth
 
 H = 3600
 T0 = 1_750_000_000.0 // H * H  # on an hour's edge
-URLS = ("http://127.0.0.1:9/a/scheduler/", "http://127.0.0.1:9/b/scheduler/")
+URLS = ("http://127.0.0.1:9/a/scheduler/", "http://127.0.0.1:9/b/scheduler/")  # both generic
+# Two targets of two services: by service, each group is one target's.
+TWO_SERVICES = (
+    "http://127.0.0.1:9/v2/pixverse/scheduler/",
+    "http://127.0.0.1:9/v1/kling/scheduler/",
+)
 
 
 def job(s: float, e: float, **kw: Any) -> Finished:
@@ -187,10 +192,14 @@ def listing(times: list[float], jobs: list[Scripted], target: int, i: int) -> Po
     return PollResult(now, now + 0.05, 200, normalize_items(items))
 
 
-def record(engine: Engine, script: tuple[list[float], list[bool], list[Scripted]]) -> None:
+def record(
+    engine: Engine,
+    script: tuple[list[float], list[bool], list[Scripted]],
+    urls: tuple[str, str] = URLS,
+) -> None:
     times, failed, jobs = script
     store = Store(engine)
-    for target, url in enumerate(URLS):
+    for target, url in enumerate(urls):
         results = []
         for i, now in enumerate(times):
             if failed[i] and 0 < i < len(times) - 1:
@@ -259,8 +268,23 @@ def job_figures(report: stats.Report) -> list[tuple[Any, ...]]:
 @given(
     script=scripts(),
     window=st.tuples(st.integers(-2, 30), st.integers(1, 40), st.sampled_from([0.0, 0.5, 1234.5])),
-    by=st.sampled_from([(), ("type",), ("account",), ("hour",), ("day",), ("type", "hour")]),
+    by=st.sampled_from(
+        [
+            (),
+            ("type",),
+            ("account",),
+            ("hour",),
+            ("day",),
+            ("type", "hour"),
+            ("service",),
+            ("target",),
+            ("service", "hour"),
+            ("target", "type"),
+            ("service", "account", "day"),
+        ]
+    ),
     cutoff=st.integers(0, 40),
+    urls=st.sampled_from([URLS, TWO_SERVICES]),
 )
 def test_the_store_keeps_the_rollups_a_rebuild_would_make(
     engine: Engine,
@@ -268,13 +292,14 @@ def test_the_store_keeps_the_rollups_a_rebuild_would_make(
     window: tuple[int, int, float],
     by: tuple[str, ...],
     cutoff: int,
+    urls: tuple[str, str],
 ) -> None:
     """Jobs close, vanish for a poll and reappear (withdrawing what they added), run for
-    hours or past a day, on two targets; polls fail. The rollups the store kept are the ones
-    a rebuild makes from the jobs, every stats figure over a window of whole and partial hours
-    is the model's, and pruning changes none of it."""
+    hours or past a day, on two targets of one service or of two; polls fail. The rollups the
+    store kept are the ones a rebuild makes from the jobs, every stats figure over a window of
+    whole and partial hours is the model's, and pruning changes none of it."""
     empty_database(engine)
-    record(engine, script)
+    record(engine, script, urls)
     jobs, _ = stats_model.load(engine)
     spans = [j.end_at.timestamp() - j.start_at.timestamp() for j in jobs if j.end_at]
     event(f"a job over a day: {any(span > rollups.LONG_JOB_S for span in spans)}")
@@ -391,7 +416,8 @@ def test_jobs_at_the_ends_of_time_cost_their_own_rows(engine: Engine) -> None:
     and a report over all of time is the model's."""
     at = to_datetime
     with engine.begin() as conn:
-        conn.execute(insert(Target).values(id=1, url=URLS[0], created_at=at(T0)))
+        labels = {"name": "a", "service": "generic"}
+        conn.execute(insert(Target).values(id=1, url=URLS[0], created_at=at(T0), **labels))
         poll = {"target_id": 1, "latency_s": 0.0, "outcome": "ok", "after_gap": False}
         conn.execute(insert(Poll).values(id=1, sent_at=at(T0), received_at=at(T0), **poll))
         spans = [(EARLIEST, T0), (LATEST, T0), (LATEST - 10, LATEST), (T0, T0 + 30)]

@@ -13,6 +13,7 @@ from sqlalchemy import Connection, select, text
 from recorder import db
 from recorder.cli import cli
 from recorder.models import Base
+from tests.histories import URL_A, URL_B
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "sql.md"
 QUERIES = re.findall(r"```sql\n(.*?)```", DOCS.read_text(), flags=re.S)
@@ -74,7 +75,7 @@ def test_other_formats(recorded: str, fmt: str, lines: int) -> None:
     [
         "DELETE FROM jobs",
         "UPDATE jobs SET duration_s = 0",
-        "INSERT INTO targets (url, created_at) VALUES ('x', 0)",
+        "INSERT INTO targets (url, created_at, name, service) VALUES ('x', 0, 'x', 'generic')",
         "DROP TABLE polls",
         "CREATE TABLE evil (x INTEGER)",
         "DROP VIEW job_history",
@@ -182,21 +183,27 @@ def view_columns(conn: Connection, name: str) -> list[tuple[object, ...]]:
 
 
 def test_job_history_is_what_it_was_before_0006(recorded: str) -> None:
-    """Migration 0006 rewrote the view's joins: the same columns, types and rows as 0002's."""
+    """Migration 0006 rewrote the view's joins: the same columns, types and rows as 0002's
+    (and after them, migration 0009's two: the target's service and name)."""
     engine = db.create(recorded)
     try:
         with engine.connect() as conn:
             sqlite = conn.dialect.name == "sqlite"
             conn.exec_driver_sql(f"CREATE TEMP VIEW old_job_history AS {job_history_0002(sqlite)}")
-            assert view_columns(conn, "job_history") == view_columns(conn, "old_job_history")
-            assert len(view_columns(conn, "job_history")) == 21
+            columns = view_columns(conn, "job_history")
+            assert columns[:21] == view_columns(conn, "old_job_history")
+            assert [name for name, _ in columns[21:]] == ["service", "target_name"]
             now = conn.execute(text("SELECT * FROM job_history")).all()
             before = conn.execute(text("SELECT * FROM old_job_history")).all()
             conn.rollback()
     finally:
         engine.dispose()
     assert len(now) == len(before) > 100
-    assert sorted(now, key=repr) == sorted(before, key=repr)
+    assert sorted((row[:21] for row in now), key=repr) == sorted(before, key=repr)
+    assert {row[20:] for row in now} == {
+        (URL_A, "generic", "generic"),
+        (URL_B, "generic", "generic-2"),
+    }
 
 
 AGGREGATE = "SELECT type, count(*), avg(duration_s) FROM job_history GROUP BY type"

@@ -30,7 +30,20 @@ WINDOWS = {
     "the outage": (T0 + 7000, T0 + 9000),
     "before any poll": (T0 - 7200, T0 - 3600),
 }
-GROUPINGS = [(), ("type",), ("account",), ("hour",), ("day",), ("type", "hour"), ("account", "day")]
+GROUPINGS = [
+    (),
+    ("type",),
+    ("account",),
+    ("hour",),
+    ("day",),
+    ("type", "hour"),
+    ("account", "day"),
+    ("service",),  # the history's two targets are both "generic": one group of both
+    ("target",),
+    ("service", "hour"),
+    ("target", "type"),
+]
+LABELS = {"name": "a", "service": "generic"}  # a target's, inserted behind the store's back
 
 
 def run_stats(url: str, since: float, until: float, by: tuple[str, ...], fmt: str) -> str:
@@ -326,7 +339,7 @@ def test_back_to_back_jobs_do_not_overlap(engine: Engine, db_url: str) -> None:
     """Intervals are half-open: a job ending as another starts never runs beside it."""
     at = lambda s: to_datetime(T0 + s)  # noqa: E731
     with engine.begin() as conn:
-        conn.execute(insert(Target).values(id=1, url=URL_A, created_at=at(0)))
+        conn.execute(insert(Target).values(id=1, url=URL_A, created_at=at(0), **LABELS))
         poll = {"target_id": 1, "latency_s": 0.0, "outcome": "ok", "after_gap": False}
         conn.execute(insert(Poll).values(id=1, sent_at=at(0), received_at=at(0), **poll))
         conn.execute(insert(Poll).values(id=2, sent_at=at(300), received_at=at(300), **poll))
@@ -411,6 +424,11 @@ groupings = st.one_of(
 )
 
 
+# --target as a URL, a name (the history's targets are "generic" and "generic-2", in the order
+# they were first polled), or another spelling of a URL.
+TARGETS = [URL_A, URL_B, "generic-2", URL_A.replace("127.0.0.1", "LOCALHOST").rstrip("/")]
+
+
 def exact_time(ts: float) -> float:
     """`ts` as the report receives it (a datetime holds microseconds)."""
     return to_datetime(ts).timestamp()
@@ -425,7 +443,7 @@ def exact_time(ts: float) -> float:
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-@given(data=st.data(), by=groupings, target=st.one_of(st.none(), st.sampled_from([URL_A, URL_B])))
+@given(data=st.data(), by=groupings, target=st.one_of(st.none(), st.sampled_from(TARGETS)))
 def test_every_figure_is_the_model_over_random_windows_and_groupings(
     history: tuple, data: st.DataObject, by: tuple[str, ...], target: str | None
 ) -> None:
@@ -463,9 +481,12 @@ def test_every_figure_is_the_model_over_random_windows_and_groupings(
         )
         report = stats.compute(engine, query)
         with engine.connect() as conn:
-            target_ids = {row.url: row.id for row in conn.execute(Target.__table__.select()).all()}
+            target_ids = {}
+            for row in conn.execute(Target.__table__.select()).all():
+                target_ids |= {row.url: row.id, row.name: row.id}
     finally:
         engine.dispose()
+    target_ids[TARGETS[-1]] = target_ids[URL_A]
     if target is not None:
         jobs = [j for j in jobs if j.target_id == target_ids[target]]
         polls = [p for p in polls if p.target_id == target_ids[target]]
@@ -484,7 +505,7 @@ def test_long_jobs_cut_at_every_bucket_they_span(engine: Engine) -> None:
         (3 * 3600.0, 30 * 3600.0),
     ]
     with engine.begin() as conn:
-        conn.execute(insert(Target).values(id=1, url=URL_A, created_at=at(-4000)))
+        conn.execute(insert(Target).values(id=1, url=URL_A, created_at=at(-4000), **LABELS))
         poll = {"target_id": 1, "latency_s": 0.0, "outcome": "ok", "after_gap": False}
         for n, t in enumerate((-4000, 0, 86400, 4 * 86400), start=1):
             conn.execute(insert(Poll).values(id=n, sent_at=at(t), received_at=at(t), **poll))
@@ -539,3 +560,65 @@ def test_long_jobs_cut_at_every_bucket_they_span(engine: Engine) -> None:
     for target in (None, URL_A):  # every job in the window: the percentiles come from seeks
         report = stats.compute(engine, dataclasses.replace(whole, target=target))
         assert_report_is_the_truth(report, truth, ("type",))
+
+
+def test_a_services_peak_over_whole_hours_is_its_jobs_not_its_targets(engine: Engine) -> None:
+    """Two pixverse targets whose jobs overlap only with each other's: the service's peak is 2,
+    though the rollups' peaks of each target are 1 (a peak of a union is not the largest of
+    its parts'); kling's, a service of one target, comes from the rollups alone."""
+    hour = (T0 // 3600 + 1) * 3600
+    at = lambda s: to_datetime(hour + s)  # noqa: E731
+    labels = [("pixverse", "pixverse"), ("pixverse-2", "pixverse"), ("kling", "kling")]
+    intervals = [(1, 100.0, 500.0), (2, 300.0, 900.0), (3, 200.0, 400.0), (3, 4000.0, 4100.0)]
+    with engine.begin() as conn:
+        for target_id, (name, service) in enumerate(labels, start=1):
+            url = f"http://127.0.0.1:9/{target_id}/"
+            conn.execute(
+                insert(Target).values(
+                    id=target_id, url=url, created_at=at(-100), name=name, service=service
+                )
+            )
+            poll = {"target_id": target_id, "latency_s": 0.0, "outcome": "ok", "after_gap": False}
+            for n, t in ((0, -100), (1, 3 * 3600)):
+                moment = at(t)
+                poll_id = 2 * target_id - 1 + n
+                conn.execute(
+                    insert(Poll).values(id=poll_id, sent_at=moment, received_at=moment, **poll)
+                )
+        for n, (target_id, start, end) in enumerate(intervals, start=1):
+            conn.execute(
+                insert(Job).values(
+                    target_id=target_id,
+                    api_id=f"job-{n}",
+                    type="video",
+                    status="finished",
+                    first_poll_id=2 * target_id - 1,
+                    last_poll_id=2 * target_id,
+                    start_at=at(start),
+                    start_source="poll",
+                    end_at=at(end),
+                    duration_s=end - start,
+                    closed_across_gap=False,
+                )
+            )
+        rollups.rebuild(conn)
+    jobs, polls = stats_model.load(engine)
+    now = hour + 4 * 3600
+    whole = stats.StatsQuery(to_datetime(hour), to_datetime(hour + 7200), to_datetime(now))
+    peaks = {
+        by: {tuple(g.key.values()): g.peak_concurrency for g in stats.compute(engine, query).groups}
+        for by in (("service",), ("target",), ())
+        for query in [dataclasses.replace(whole, by=by)]
+    }
+    assert peaks[("service",)] == {("kling",): 1, ("pixverse",): 2}
+    assert peaks[("target",)] == {("kling",): 1, ("pixverse",): 1, ("pixverse-2",): 1}
+    assert peaks[()] == {(): 3}
+    for since, until in ((hour, hour + 7200), (hour - 1800.5, hour + 7207.0)):
+        for by in (("service",), ("service", "hour"), ("service", "type"), ("target", "hour")):
+            query = stats.StatsQuery(
+                to_datetime(since), to_datetime(until), to_datetime(now), by, histogram=True
+            )
+            truth = stats_model.compute(jobs, polls, since, until, now, by)
+            assert_report_is_the_truth(stats.compute(engine, query), truth, by)
+    one = stats.compute(engine, dataclasses.replace(whole, by=("service",), target="pixverse-2"))
+    assert [(g.key, g.peak_concurrency) for g in one.groups] == [({"service": "pixverse"}, 1)]

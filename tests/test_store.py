@@ -11,12 +11,21 @@ import pytest
 from sqlalchemy import Connection, Engine, func, select, text
 
 from recorder import db
-from recorder.models import Base, Job, Observation, Poll, Transition, TransitionKind, succeeded
+from recorder.models import (
+    Base,
+    Job,
+    Observation,
+    Poll,
+    Target,
+    Transition,
+    TransitionKind,
+    succeeded,
+)
 from recorder.parse import normalize_items
 from recorder.pipeline import Pipeline
 from recorder.simulator import Faults, JobKind, ManualClock, SimConfig, Simulator
 from recorder.snapshot import PollResult, Snapshot
-from recorder.store import Store
+from recorder.store import Store, TargetNameTaken
 from tests.feeding import empty, failed, ok
 from tests.plans import plans
 
@@ -317,3 +326,64 @@ def test_a_restarted_postgresql_is_reconnected_to(
     recorded = recorder.poll_once()  # pre-ping replaces the dead connection
     assert recorded.poll_id > 0
     assert row_counts(engine)["polls"] == 2
+
+
+def targets(engine: Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        query = select(Target.id, Target.url, Target.name, Target.service).order_by(Target.id)
+        return [tuple(row) for row in conn.execute(query)]
+
+
+def test_every_spelling_of_a_url_is_one_target(store: Store, engine: Engine) -> None:
+    """Host case, a trailing slash, a default port, localhost: one target, whose URL stays as
+    first given; a query makes another, of the same service, named apart."""
+    first = store.target("https://API.useapi.net/v2/pixverse/scheduler/", T0)
+    for spelling in (
+        "https://api.useapi.net/v2/pixverse/scheduler",
+        "https://api.useapi.net:443/v2/pixverse/scheduler/",
+        "HTTPS://api.useapi.net/v2/pixverse/scheduler#x",
+    ):
+        assert store.target(spelling, T0 + 1) == first
+    local = store.target("http://localhost:8765/v2/pixverse/scheduler/", T0)
+    assert store.target("http://127.0.0.1:8765/v2/pixverse/scheduler", T0) == local
+    queried = store.target("https://api.useapi.net/v2/pixverse/scheduler/?email=b@x.org", T0)
+    kling = store.target("https://api.useapi.net/v1/kling/scheduler/", T0)
+    other = store.target("http://127.0.0.1:9/a/", T0)
+    assert targets(engine) == [
+        (first, "https://API.useapi.net/v2/pixverse/scheduler/", "pixverse", "pixverse"),
+        (local, "http://localhost:8765/v2/pixverse/scheduler/", "pixverse-2", "pixverse"),
+        (queried, "https://api.useapi.net/v2/pixverse/scheduler/?email=b@x.org", "pixverse-3",
+         "pixverse"),
+        (kling, "https://api.useapi.net/v1/kling/scheduler/", "kling", "kling"),
+        (other, "http://127.0.0.1:9/a/", "generic", "generic"),
+    ]  # fmt: skip
+
+
+def test_a_target_is_named_and_renamed_by_its_config(store: Store, engine: Engine) -> None:
+    """Names are labels, ids the identity: a config's name (and service) relabels the target
+    found by its URL, unless another target holds the name; a target created with a name has
+    it, and without one keeps what it has."""
+    main = store.target("http://127.0.0.1:9/v2/pixverse/scheduler/", T0, name="main")
+    assert store.target("http://127.0.0.1:9/v2/pixverse/scheduler/", T0) == main
+    assert targets(engine)[0][2:] == ("main", "pixverse")
+    assert store.target("http://127.0.0.1:9/v2/pixverse/scheduler", T0, name="prod") == main
+    kling = store.target("http://127.0.0.1:9/proxy/", T0, service="kling")
+    assert store.target("http://127.0.0.1:9/proxy/", T0, name="k", service="kling2") == kling
+    assert [row[2:] for row in targets(engine)] == [("prod", "pixverse"), ("k", "kling2")]
+    with pytest.raises(TargetNameTaken, match="'prod' is taken by http://127\\.0"):
+        store.target("http://127.0.0.1:9/proxy/", T0, name="prod")
+    with pytest.raises(TargetNameTaken, match="'k' is taken"):
+        store.target("http://127.0.0.1:9/new/", T0, name="k")
+    with pytest.raises(ValueError, match="cannot be empty"):
+        store.target("http://127.0.0.1:9/new/", T0, name=" ")
+    assert [row[2:] for row in targets(engine)] == [("prod", "pixverse"), ("k", "kling2")]
+    # A default name is the service's first free one, whatever names configs gave.
+    assert store.target("http://127.0.0.1:9/v1/kling/scheduler/", T0) not in (main, kling)
+    assert targets(engine)[-1][2:] == ("kling", "kling")
+
+
+def test_a_recording_names_its_target(store: Store, engine: Engine) -> None:
+    clock = ManualClock(T0)
+    sim = Simulator(SimConfig(seed=3, initial_jobs=2), clock=clock)
+    Pipeline(store, URL, lambda: ok(sim, clock), gap_s=30.0).poll_once()
+    assert [row[1:] for row in targets(engine)] == [(URL, "pixverse", "pixverse")]

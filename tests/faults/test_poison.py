@@ -268,13 +268,13 @@ def test_only_an_error_a_value_causes_can_set_a_poll_aside(engine: Engine) -> No
         full = _error_of(
             engine,
             "PRAGMA max_page_count = 1",
-            f"INSERT INTO targets (url, created_at) VALUES ('{big}', 0)",
+            f"INSERT INTO targets (url, created_at, name, service) VALUES ('{big}', 0, 'n', 'x')",
         )
         assert "full" in str(full) and not poisonous(full)
         clash = _error_of(
             engine,
-            "INSERT INTO targets (id, url, created_at) VALUES (7, 'a', 0)",
-            "INSERT INTO targets (id, url, created_at) VALUES (7, 'b', 0)",
+            "INSERT INTO targets (id, url, created_at, name, service) VALUES (7, 'a', 0, 'a', 'x')",
+            "INSERT INTO targets (id, url, created_at, name, service) VALUES (7, 'b', 0, 'b', 'x')",
         )
         assert poisonous(clash)
     assert poisonous(ValueError("year -5950 is out of range"))
