@@ -295,13 +295,15 @@ class SchedulerClient:
         wall_clock: Clock | None = None,
         monotonic: Clock = time.monotonic,
         session: requests.Session | None = None,
+        parse: Callable[[bytes], Snapshot] = parse_body,
     ) -> None:
         """Create a client; a session passed in stays owned by the caller and is not closed.
 
         timeout is the (connect, read) pair of per-operation timeouts; deadline bounds the
         whole poll (by default the larger timeout), and caps the connect timeout, since a TCP
         connect under way cannot be cut. A session passed in should mount DeadlineAdapter for
-        the deadline to cut a stalled read.
+        the deadline to cut a stalled read. parse reads a successful answer's body (the
+        service's own parser; PayloadError for a body it cannot read).
         """
         _check_timeout(timeout)
         total = max(timeout) if deadline is None else deadline
@@ -314,6 +316,7 @@ class SchedulerClient:
         self._deadline = float(total)
         self._timeout = (min(float(timeout[0]), total), float(timeout[1]))
         self._max_body_bytes = max_body_bytes
+        self._parse = parse
         # Poll times advance with the monotonic clock: a step of the host clock cannot bend them.
         self._wall_clock = (
             wall_clock if wall_clock is not None else SteadyClock(monotonic=monotonic)
@@ -440,7 +443,7 @@ class SchedulerClient:
         except _Abort as abort:
             return self._failure(abort.outcome, abort.message)
         try:
-            snapshot = parse_body(body)
+            snapshot = self._parse(body)
         except PayloadError as exc:
             message = f"HTTP {response.status_code}: {exc}{self._excerpt_suffix(body)}"
             return self._failure(Outcome.BAD_PAYLOAD, message)
