@@ -6,7 +6,8 @@
 `tiny` (what CI runs, to keep the benchmarks working) takes seconds; `full` takes minutes and
 produces the figures in docs/performance.md. Sections: startup, ingest, fill, reports (in
 process), reports_cli (each report through the CLI against the plain table aggregate), storage,
-prune and daemon; `--only reports_cli` runs just that one, e.g. on a bigger fill (`--jobs
+prune, daemon and many_targets (one `recorder run --config` recording 8 simulated
+endpoints); `--only reports_cli` runs just that one, e.g. on a bigger fill (`--jobs
 10000000 --targets 10`). The report sections share one filled database (benchmarks/filled.py):
 with `--db-dir DIR` it is kept there and reused by later runs that ask for the same fill; with
 `--postgres URL` it is a database of its own beside URL's, kept likewise. `--only fill` makes
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import contextlib
 import io
 import json
 import math
@@ -61,6 +63,7 @@ SIZES = {
         "jobs": 2_000,
         "days": 2,
         "daemon_s": 5,
+        "many_targets_s": 5,
         "prune_days": 2,
         "startup_runs": 3,
     },
@@ -72,12 +75,23 @@ SIZES = {
         "jobs": 1_000_000,
         "days": 30,
         "daemon_s": 300,
+        "many_targets_s": 60,
         "prune_days": 1200,
         "startup_runs": 10,
     },
 }
 # `fill` only makes (or finds) the reports' database: `nice` it, then measure without.
-SECTIONS = ("startup", "ingest", "fill", "reports", "reports_cli", "storage", "prune", "daemon")
+SECTIONS = (
+    "startup",
+    "ingest",
+    "fill",
+    "reports",
+    "reports_cli",
+    "storage",
+    "prune",
+    "daemon",
+    "many_targets",
+)
 PAGE = 4096  # SQLite's default page size
 BASELINE = (
     "SELECT type, count(*), avg(duration_s) FROM job_history "
@@ -492,6 +506,61 @@ def bench_daemon(url: str, seconds: float) -> dict[str, Any]:
     }
 
 
+def bench_many_targets(url: str, seconds: float, targets: int = 8) -> dict[str, Any]:
+    """Peak RSS and CPU share of one `recorder run --config` recording `targets` simulated
+    endpoints, each polled every second (issue 11's aim: under 100 MB and 5% of one core)."""
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as sims:
+        lines = []
+        for k in range(targets):
+            sim = sims.enter_context(Simulator(SimConfig(seed=k, token="bench", initial_jobs=8)))
+            lines += [f"[targets.t{k}]", 'service = "pixverse"', f'url = "{sim.url}"']
+            lines += ['token_env = "USEAPI_TOKEN"', "interval = 1", ""]
+        config = Path(tmp) / "targets.toml"
+        config.write_text("\n".join(lines))
+        command = [sys.executable, "-m", "recorder", "--db", url, "run", "--config", str(config)]
+        process = subprocess.Popen(
+            command, env=cli_env() | {"USEAPI_TOKEN": "bench"}, stderr=subprocess.DEVNULL
+        )
+        try:
+            rss_kib, peak_kib, cpu_s = _watch_process(process.pid, seconds)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+    engine = db.create(url)
+    with engine.connect() as conn:
+        polls = conn.execute(text("SELECT target_id, count(*) FROM polls GROUP BY target_id")).all()
+    engine.dispose()
+    return {
+        "targets": targets,
+        "seconds": seconds,
+        "polls_per_target_min": min((n for _, n in polls), default=0),
+        "polls_per_target_max": max((n for _, n in polls), default=0),
+        "cpu_s": round(cpu_s, 2),
+        "cpu_share": round(cpu_s / seconds, 4),
+        "rss_mb_peak": round(peak_kib * 1024 / 1e6, 1),
+        "rss_mb_end": round(rss_kib[-1] * 1024 / 1e6, 1),
+    }
+
+
+def _watch_process(pid: int, seconds: float) -> tuple[list[int], int, float]:
+    """Process `pid` for `seconds`: its RSS each second (KiB), its peak RSS (KiB; a spike
+    between two samples counts too) and its CPU seconds by the end."""
+    rss = []
+    began = time.monotonic()
+    while time.monotonic() - began < seconds:
+        time.sleep(1.0)
+        rss.append(_status_kib(pid, "VmRSS"))
+    peak = _status_kib(pid, "VmHWM")
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 of stat; the split above starts at field 3.
+    return rss, peak, (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _status_kib(pid: int, field: str) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(x for x in status.splitlines() if x.startswith(field + ":")).split()[1])
+
+
 def bench_prune(url: str, days: int) -> dict[str, Any]:
     """`recorder prune --polls-older-than` half the history, on a history of mostly idle polls."""
     engine = db.open_database(url)
@@ -651,6 +720,11 @@ def main() -> None:
             if backend == "sqlite" and "daemon" in args.only:
                 out["daemon"] = bench_daemon(url_for("daemon"), size["daemon_s"])
                 print(backend, "daemon", json.dumps(out["daemon"]), flush=True)
+            if backend == "sqlite" and "many_targets" in args.only:
+                out["many_targets"] = bench_many_targets(
+                    url_for("many_targets"), size["many_targets_s"]
+                )
+                print(backend, "many_targets", json.dumps(out["many_targets"]), flush=True)
             results[backend] = out
         for name in scratch:
             kept.drop_postgres(args.postgres, name)

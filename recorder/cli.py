@@ -7,16 +7,26 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from click.core import ParameterSource
 from click.decorators import FC
 
 from recorder import __version__, db
-from recorder.config import DEFAULT_INTERVAL_S, DEFAULT_URL, ENV_TOKEN, ConfigError, load_token
+from recorder.config import (
+    DEFAULT_INTERVAL_S,
+    DEFAULT_TIMEOUT_S,
+    DEFAULT_URL,
+    ENV_TOKEN,
+    INTERVAL_RANGE_S,
+    TIMEOUT_RANGE_S,
+    ConfigError,
+    load_token,
+)
 from recorder.output import FORMATS, default_format, iso, render
 from recorder.params import DATABASE_URL, DAY, HOUR, JOB_KIND, SIM_SERVICE, WHEN, Number, Seconds
 from recorder.stopping import STOP
@@ -28,8 +38,12 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from recorder.client import SchedulerClient
+    from recorder.daemon import Daemon
     from recorder.pipeline import Pipeline
+    from recorder.secret import Secret
     from recorder.simulator import JobKind
+    from recorder.snapshot import Snapshot
+    from recorder.config_file import TargetConfig
 
 log = logging.getLogger("recorder")
 
@@ -73,6 +87,12 @@ def _setup_logging(verbosity: int) -> None:
     from recorder import logs
 
     logs.setup(verbosity)  # one line per event, with text from the API escaped
+
+
+class ConfigFileError(click.ClickException):
+    """A config file that cannot be used: its one line, and exit code 2 as for a bad option."""
+
+    exit_code = 2
 
 
 @contextmanager
@@ -119,16 +139,27 @@ def cli(ctx: click.Context, db_url: str | None, verbose: int, quiet: bool) -> No
 def _endpoint_options(func: FC) -> FC:
     """The options every command that talks to the API shares."""
     func = click.option(
+        "--config",
+        "config_file",
+        # Not checked here: recorder.config_file says what is wrong with it, as with its contents.
+        type=click.Path(path_type=Path),
+        metavar="FILE",
+        help="A TOML file of [targets.NAME] tables (service, url, token_env or token_file, "
+        "interval, timeout, capacity_interval): every target in it, in one process. "
+        "Not with --url, --token-file or --interval.",
+    )(func)
+    func = click.option(
         "--insecure",
         is_flag=True,
         help="Allow plain http:// to a host that is not loopback (sends the token unencrypted).",
     )(func)
     func = click.option(
         "--timeout",
-        type=Seconds(0.1, HOUR),
-        default=20.0,
+        type=Seconds(*TIMEOUT_RANGE_S),
+        default=DEFAULT_TIMEOUT_S,
         show_default=True,
-        help="Seconds to wait for an answer, 0.1 to 3600 (30s, 2m also work).",
+        help="Seconds to wait for an answer, 0.1 to 3600 (30s, 2m also work); with --config, "
+        "for the targets that set no timeout.",
     )(func)
     func = click.option(
         "--token-file",
@@ -141,6 +172,27 @@ def _endpoint_options(func: FC) -> FC:
     return func
 
 
+def _targets(
+    config_file: Path, timeout: float, insecure: bool, alone: tuple[str, ...]
+) -> list[TargetConfig]:
+    """The targets of `config_file`, all checked; a usage error if one of the options that
+    only a single target takes (`alone`) was given too."""
+    from recorder.config_file import load_targets
+
+    ctx = click.get_current_context()
+    for name in alone:
+        if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None):
+            option = "--" + name.replace("_", "-")
+            raise click.UsageError(
+                f"--config and {option} cannot be used together: a config file names each "
+                "target's url, token and interval itself"
+            )
+    try:
+        return load_targets(config_file, insecure=insecure, default_timeout=timeout)
+    except ConfigError as exc:
+        raise ConfigFileError(str(exc)) from None
+
+
 def _pipeline(
     state: State,
     url: str,
@@ -149,19 +201,36 @@ def _pipeline(
     insecure: bool,
     interval: float | None,
 ) -> tuple[Pipeline, SchedulerClient]:
-    """The recording pipeline for one target; `interval` None: gaps from the observed cadence."""
-    from recorder.client import SchedulerClient, check_url
+    """The recording pipeline for the target --url; `interval` None: gaps from the observed
+    cadence."""
+    from recorder import services
+    from recorder.client import check_url
+
+    with _user_errors():
+        token = load_token(token_file)
+        check_url(url, insecure=insecure)
+    return _recording(state, url, token, timeout, interval, services.for_url(url).parse)
+
+
+def _recording(
+    state: State,
+    url: str,
+    token: Secret,
+    timeout: float,
+    interval: float | None,
+    parse: Callable[[bytes], Snapshot],
+) -> tuple[Pipeline, SchedulerClient]:
+    """The recording pipeline for one target, and its client (for the caller to close)."""
+    from recorder.client import SchedulerClient
     from recorder.gaps import gap_threshold
     from recorder.pipeline import Pipeline
     from recorder.store import Store
 
     with _user_errors():
-        token = load_token(token_file)
-        check_url(url, insecure=insecure)
         db.require_file(db.resolve_url(state.db_url))
     engine = state.engine()
     # --timeout bounds the whole answer: connect, headers and body together.
-    client = SchedulerClient(url, token, timeout=(min(5.0, timeout), timeout))
+    client = SchedulerClient(url, token, timeout=(min(5.0, timeout), timeout), parse=parse)
     gap_s = gap_threshold(interval) if interval is not None else None
     return Pipeline(Store(engine), url, client.poll, gap_s=gap_s), client
 
@@ -170,7 +239,7 @@ def _pipeline(
 @_endpoint_options
 @click.option(
     "--interval",
-    type=Seconds(0.05, DAY),
+    type=Seconds(*INTERVAL_RANGE_S),
     default=DEFAULT_INTERVAL_S,
     show_default=True,
     help="Seconds between polls, 0.05 to 86400 (a day); 0.5, 30s, 5m, 1h also work.",
@@ -182,38 +251,91 @@ def run(
     token_file: Path | None,
     timeout: float,
     insecure: bool,
+    config_file: Path | None,
     interval: float,
 ) -> None:
     """Poll the endpoint every INTERVAL seconds and record it, until SIGINT or SIGTERM.
 
-    Logs one line per job transition and per change of health.
+    With --config, every target of the file, each on its own schedule: a slow or failing
+    target never delays another. Logs one line per job transition and per change of health,
+    each starting with the target's [name] (its URL without --config).
 
     Example:
 
         USEAPI_TOKEN=... recorder run --interval 10
     """
+    from recorder.daemon import run_daemons
+
+    with ExitStack() as clients:
+        if config_file is None:
+            daemons = [_url_daemon(state, url, token_file, timeout, insecure, interval, clients)]
+        else:
+            targets = _targets(config_file, timeout, insecure, ("url", "token_file", "interval"))
+            daemons = [_target_daemon(state, target, clients) for target in targets]
+            engine = db.masked(str(state.engine().url))
+            log.info("recording %d target(s) of %s into %s", len(targets), config_file, engine)
+            for target in targets:
+                log.info(
+                    "[%s] recording %s (%s) every %gs",
+                    target.name,
+                    target.url,
+                    target.service.name,
+                    target.interval,
+                )
+        try:
+            run_daemons(daemons)
+        except db.DatabaseError as exc:
+            raise click.ClickException(str(exc)) from None
+    log.info("stopped")
+
+
+def _url_daemon(
+    state: State,
+    url: str,
+    token_file: Path | None,
+    timeout: float,
+    insecure: bool,
+    interval: float,
+    clients: ExitStack,
+) -> Daemon:
+    """The daemon for the one target of --url; its client is closed with `clients`."""
     from recorder.daemon import Daemon, lease_ttl
 
     pipeline, client = _pipeline(state, url, token_file, timeout, insecure, interval)
+    clients.callback(client.close)
     engine = pipeline.store.engine
     log.info("recording %s every %gs into %s", url, interval, db.masked(str(engine.url)))
-    daemon = Daemon(
-        pipeline, interval, lease_ttl_s=lease_ttl(interval, timeout), abort=client.abort
+    return Daemon(
+        pipeline,
+        interval,
+        lease_ttl_s=lease_ttl(interval, timeout),
+        abort=client.abort,
+        name=url,
     )
-    try:
-        daemon.run()
-    except db.DatabaseError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        client.close()
-    log.info("stopped")
+
+
+def _target_daemon(state: State, target: TargetConfig, clients: ExitStack) -> Daemon:
+    """The daemon for one target of a config file; its client is closed with `clients`."""
+    from recorder.daemon import Daemon, lease_ttl
+
+    pipeline, client = _recording(
+        state, target.url, target.token, target.timeout, target.interval, target.service.parse
+    )
+    clients.callback(client.close)
+    return Daemon(
+        pipeline,
+        target.interval,
+        lease_ttl_s=lease_ttl(target.interval, target.timeout),
+        abort=client.abort,
+        name=target.name,
+    )
 
 
 @cli.command()
 @_endpoint_options
 @click.option(
     "--expect-every",
-    type=Seconds(0.05, DAY),
+    type=Seconds(*INTERVAL_RANGE_S),
     metavar="SECONDS",
     help="How often this poll runs (cron: 60s), for telling gaps from the usual silence "
     "[default: the spacing of the target's recent polls].",
@@ -225,37 +347,77 @@ def poll(
     token_file: Path | None,
     timeout: float,
     insecure: bool,
+    config_file: Path | None,
     expect_every: float | None,
 ) -> None:
     """Poll the endpoint once, record it, and exit (non-zero when the poll failed).
 
     For cron or a timer: a silence longer than three times the usual spacing between polls
-    (observed, or --expect-every) is recorded as a gap.
+    (observed, or --expect-every) is recorded as a gap. With --config, every target of the
+    file once, side by side, with one line each; non-zero when any failed.
 
     Example:
 
         USEAPI_TOKEN=... recorder poll --expect-every 60s
     """
+    if config_file is not None:
+        targets = _targets(config_file, timeout, insecure, ("url", "token_file"))
+        _poll_targets(state, targets, expect_every)
+        return
+    pipeline, client = _pipeline(state, url, token_file, timeout, insecure, expect_every)
+    ok, summary = _poll_and_close(pipeline, client, timeout)
+    if not ok:
+        raise click.ClickException(summary)
+    click.echo(summary)
+
+
+def _poll_targets(state: State, targets: list[TargetConfig], expect_every: float | None) -> None:
+    """Poll every target once, side by side; one line each, in the file's order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    polls = []
+    for target in targets:
+        pipeline, client = _recording(
+            state, target.url, target.token, target.timeout, expect_every, target.service.parse
+        )
+        polls.append((pipeline, client, target.timeout))
+    # Side by side: a target whose server hangs for its whole timeout holds up no other.
+    with ThreadPoolExecutor(max_workers=len(polls), thread_name_prefix="recorder-poll") as pool:
+        results = list(pool.map(lambda p: _poll_and_close(*p), polls))
+    failed = []
+    for target, (ok, summary) in zip(targets, results, strict=True):
+        click.echo(f"[{target.name}] {summary}")
+        if not ok:
+            failed.append(target.name)
+    if failed:
+        raise click.ClickException(
+            f"{len(failed)} of {len(targets)} target(s) failed: {', '.join(failed)}"
+        )
+
+
+def _poll_and_close(
+    pipeline: Pipeline, client: SchedulerClient, timeout: float
+) -> tuple[bool, str]:
+    """Poll once and record it, then close the client: whether it went well, and one line."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from recorder.daemon import TargetBusy, poll_once
     from recorder.snapshot import Failure
 
-    pipeline, client = _pipeline(state, url, token_file, timeout, insecure, expect_every)
     pipeline.set_aside_after = 1  # one try only: a poll the database refuses is kept aside
     try:
         recorded = poll_once(pipeline, timeout)
     except TargetBusy as exc:
-        raise click.ClickException(str(exc)) from None
+        return False, str(exc)
     except (SQLAlchemyError, db.DatabaseError) as exc:
-        raise click.ClickException(f"cannot write to the database: {db.one_line(exc)}") from None
+        return False, f"cannot write to the database: {db.one_line(exc)}"
     finally:
         client.close()
     answer = recorded.result.answer
     if isinstance(answer, Failure):
-        raise click.ClickException(f"poll failed ({answer.outcome.value}): {answer.message}")
+        return False, f"poll failed ({answer.outcome.value}): {answer.message}"
     change = recorded.change
-    click.echo(
+    return True, (
         f"ok: {len(answer.items)} job(s) listed; {len(change.opened)} appeared, "
         f"{len(change.reopened)} reappeared, {len(change.closed)} vanished"
     )

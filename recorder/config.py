@@ -10,6 +10,10 @@ from recorder.secret import Secret
 
 DEFAULT_URL = "https://api.useapi.net/v2/pixverse/scheduler/"
 DEFAULT_INTERVAL_S = 10.0
+DEFAULT_TIMEOUT_S = 20.0
+# What an interval and a timeout may be, on the command line and in a config file alike.
+INTERVAL_RANGE_S = (0.05, 86400.0)
+TIMEOUT_RANGE_S = (0.1, 3600.0)
 ENV_TOKEN = "USEAPI_TOKEN"  # noqa: S105 (the variable's name, not a token)
 
 
@@ -25,18 +29,30 @@ def load_token(token_file: Path | None, environ: Mapping[str, str] = os.environ)
     repeats the token.
     """
     if token_file is not None:
-        try:
-            # utf-8-sig: editors on Windows start files with a byte order mark.
-            text = token_file.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(
-                f"cannot read the token file {token_file}: {exc.__class__.__name__}"
-            ) from None
-        return _check_token(text, f"the token file {token_file}")
-    text = environ.get(ENV_TOKEN, "")
-    if not text.strip():
+        return token_from_file(token_file)
+    if not environ.get(ENV_TOKEN, "").strip():
         raise ConfigError(f"no API token: set {ENV_TOKEN} or pass --token-file PATH")
-    return _check_token(text, f"the {ENV_TOKEN} environment variable")
+    return token_from_env(ENV_TOKEN, environ)
+
+
+def token_from_file(token_file: Path) -> Secret:
+    """The API token in `token_file`, checked as load_token checks it."""
+    try:
+        # utf-8-sig: editors on Windows start files with a byte order mark.
+        text = token_file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read the token file {token_file}: {exc.__class__.__name__}"
+        ) from None
+    return _check_token(text, f"the token file {token_file}")
+
+
+def token_from_env(name: str, environ: Mapping[str, str] = os.environ) -> Secret:
+    """The API token in the environment variable `name`, checked as load_token checks it."""
+    text = environ.get(name, "")
+    if not text.strip():
+        raise ConfigError(f"the {name} environment variable is not set, or empty")
+    return _check_token(text, f"the {name} environment variable")
 
 
 def _check_token(text: str, source: str) -> Secret:

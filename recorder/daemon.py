@@ -6,7 +6,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -25,7 +25,7 @@ from recorder.pipeline import Pipeline, Recorded
 from recorder.snapshot import Failure, Outcome, PollResult
 from recorder.stopping import STOP
 
-__all__ = ["Daemon", "TargetBusy", "gap_threshold", "lease_ttl", "poll_once"]
+__all__ = ["Daemon", "TargetBusy", "gap_threshold", "lease_ttl", "poll_once", "run_daemons"]
 
 log = logging.getLogger("recorder")
 
@@ -52,6 +52,29 @@ class Health:
     since: float = 0.0
 
 
+class _TargetLog:
+    """The daemon's log: every line about its target starts with the target's name."""
+
+    def __init__(self, name: str | None) -> None:
+        self._prefix = "" if name is None else f"[{name}] "
+
+    def log(self, level: int, message: str, *args: object) -> None:
+        """Log `message % args`, tagged; the name goes in as an argument, so a % in it is safe."""
+        log.log(level, "%s" + message, self._prefix, *args)
+
+    def info(self, message: str, *args: object) -> None:
+        """Log at INFO."""
+        self.log(logging.INFO, message, *args)
+
+    def warning(self, message: str, *args: object) -> None:
+        """Log at WARNING."""
+        self.log(logging.WARNING, message, *args)
+
+    def error(self, message: str, *args: object) -> None:
+        """Log at ERROR."""
+        self.log(logging.ERROR, message, *args)
+
+
 class Daemon:
     """Polls one target on an interval until told to stop."""
 
@@ -65,12 +88,15 @@ class Daemon:
         lease_ttl_s: float | None = None,
         wall_clock: Callable[[], float] = time.time,
         abort: Callable[[], None] | None = None,
+        name: str | None = None,
     ) -> None:
         """Prepare to poll every `interval` seconds; `on_poll` sees each tick's outcome.
 
         With `lease_ttl_s`, the daemon records only while it holds the target's lease: a second
         daemon on the same target stands by, and takes over the moment the first one's process
-        lock is free (it stopped or died). `abort` cuts the poll in flight short on stop.
+        lock is free (it stopped or died). `abort` cuts the poll in flight short on stop. `name`
+        starts every log line about the target, as [name] (the CLI gives the config's name, or
+        the URL), so that the lines of several targets in one log can be told apart.
         """
         if interval <= 0:
             raise ValueError("the interval must be positive")
@@ -78,6 +104,7 @@ class Daemon:
         self._source = pipeline.source
         pipeline.source = self._poll  # a poll that returns after a stop request is not recorded
         self.abort = abort
+        self.log = _TargetLog(name)
         self.fatal: Exception | None = None  # why the daemon stopped on its own, if it did
         self.interval = interval
         self.monotonic = monotonic
@@ -136,7 +163,7 @@ class Daemon:
         return result
 
     def _lose(self, why: str) -> None:
-        log.warning("stopped recording: %s; standing by", why)
+        self.log.warning("stopped recording: %s; standing by", why)
         self.pipeline.pending.clear()  # the new holder records from now on
         self.holding, self._standing_by = False, True
         if self._lease is not None:
@@ -144,7 +171,7 @@ class Daemon:
 
     def _stop_for(self, exc: Exception) -> None:
         lost = len(self.pipeline.pending)
-        log.error("stopping: %s (%d poll(s) not written)", exc, lost)
+        self.log.error("stopping: %s (%d poll(s) not written)", exc, lost)
         self.fatal = exc
         STOP.requested.append("database gone")
 
@@ -184,7 +211,7 @@ class Daemon:
         holding = self._lease.acquire()
         if not holding.acquired:
             if not self._standing_by:
-                log.warning(
+                self.log.warning(
                     "standby: %s is recorded by %s (last poll %s ago); taking over when it stops",
                     self.pipeline.url,
                     holding.holder,
@@ -193,13 +220,13 @@ class Daemon:
                 self._standing_by = True
             return False
         if holding.previous is not None:
-            log.warning(
+            self.log.warning(
                 "took over %s from %s, which is no longer running",
                 self.pipeline.url,
                 holding.previous,
             )
         elif self._standing_by:
-            log.info("recording %s: the lease is free", self.pipeline.url)
+            self.log.info("recording %s: the lease is free", self.pipeline.url)
         self.pipeline.reload()  # the other recorder may have written since we last read
         self.holding, self._standing_by = True, False
         self._last_write = self.monotonic()
@@ -207,7 +234,7 @@ class Daemon:
 
     def _report_dropped(self) -> None:
         if self.pipeline.dropped and not self._told_dropped:
-            log.error(
+            self.log.error(
                 "%d poll(s) kept while the database is down: newer polls are dropped, and the "
                 "record will show a gap",
                 self.pipeline.max_pending,
@@ -235,7 +262,7 @@ class Daemon:
             try:
                 self._lease.release()
             except (SQLAlchemyError, DatabaseGone) as exc:
-                log.warning("could not release the lease: %s", _describe(exc))
+                self.log.warning("could not release the lease: %s", _describe(exc))
             self.holding = False
 
     def _after(self, recorded: Recorded) -> None:
@@ -259,13 +286,13 @@ class Daemon:
         # The next tick at or after this instant polls; ticks before it are skipped.
         self._not_before = self.monotonic() + pause - self.interval * 0.5
         if pause > self.interval:
-            log.info("backing off: next poll in %s", human_duration(pause))
+            self.log.info("backing off: next poll in %s", human_duration(pause))
 
     def _set_health(self, failing: str | None, message: str, *, loud: bool = False) -> None:
         health = self.health
         if failing is None:
             if health.failing is not None:
-                log.info(
+                self.log.info(
                     "recovered after %d failed poll(s) over %s",
                     health.failures,
                     human_duration(self.monotonic() - health.since),
@@ -274,7 +301,7 @@ class Daemon:
             return
         if health.failing != failing:
             level = logging.ERROR if loud else logging.WARNING
-            log.log(level, "failing (%s): %s", failing, message)
+            self.log.log(level, "failing (%s): %s", failing, message)
             since = health.since if health.failing else self.monotonic()
             self.health = Health(failing, health.failures + 1, since)
         else:
@@ -283,61 +310,86 @@ class Daemon:
     def _log_changes(self, recorded: Recorded) -> None:
         change = recorded.change
         for opened in change.opened:
-            log.info("appeared   %s", _describe_opened(opened))
+            self.log.info("appeared   %s", _describe_opened(opened))
         for reopened in change.reopened:
-            log.info("reappeared %s (its earlier end is withdrawn)", _describe_reopened(reopened))
+            self.log.info(
+                "reappeared %s (its earlier end is withdrawn)", _describe_reopened(reopened)
+            )
         for closed in change.closed:
-            log.info("vanished   %s", _describe_closed(closed))
+            self.log.info("vanished   %s", _describe_closed(closed))
 
     def run(self, stop_after: float | None = None) -> None:
-        """Poll until SIGINT, SIGTERM or SIGHUP (or `stop_after` seconds).
+        """Poll until SIGINT, SIGTERM or SIGHUP (or `stop_after` seconds): see run_daemons.
 
-        A signal is only recorded by its handler (see recorder.stopping); a monitor thread
-        notices it within a fraction of a second, aborts the poll in flight (which is then not
-        recorded) and shuts the scheduler down from outside the handler. Writing stops after
-        the write in progress. A signal that came during start-up stops the daemon at once.
         Raises the error that made the daemon stop on its own (the database file vanished).
         """
-        polls = ThreadPoolExecutor(max_workers=1)
-        scheduler = BlockingScheduler(executors={"default": polls}, timezone=UTC)
+        run_daemons([self], stop_after)
+
+
+def run_daemons(daemons: Sequence[Daemon], stop_after: float | None = None) -> None:
+    """Poll every daemon's target on its own schedule until SIGINT, SIGTERM or SIGHUP (or
+    `stop_after` seconds).
+
+    Each daemon ticks on an executor of its own, one thread: a target whose server is slow or
+    down holds up only its own polls, never another's. A signal is only recorded by its handler
+    (see recorder.stopping); a monitor thread notices it within a fraction of a second, aborts
+    every poll in flight (which is then not recorded) and shuts the scheduler down from outside
+    the handler. Writing stops after the writes in progress, and every daemon gives up its
+    lease. A signal that came during start-up stops the daemons at once. Raises the error that
+    made a daemon stop them all on its own (the database file vanished).
+    """
+    executors = {
+        f"target-{index}": ThreadPoolExecutor(
+            max_workers=1, pool_kwargs={"thread_name_prefix": f"recorder-poll-{index}"}
+        )
+        for index in range(len(daemons))
+    }
+    scheduler = BlockingScheduler(executors=executors, timezone=UTC)
+    for index, daemon in enumerate(daemons):
         scheduler.add_job(
-            self.tick,
-            IntervalTrigger(seconds=self.interval, timezone=UTC),
-            id="poll",
+            daemon.tick,
+            IntervalTrigger(seconds=daemon.interval, timezone=UTC),
+            id=f"poll-{index}",
+            executor=f"target-{index}",
             next_run_time=datetime.now(UTC),
             max_instances=1,
             coalesce=True,
-            misfire_grace_time=max(1, int(self.interval)),
+            misfire_grace_time=max(1, int(daemon.interval)),
         )
-        done = threading.Event()
-        monitor = threading.Thread(
-            target=_monitor,
-            args=(scheduler, self._on_stop, done),
-            name="recorder-monitor",
-            daemon=True,
-        )
-        STOP.install((signal.SIGALRM,) if stop_after else ())
-        if stop_after:
-            signal.setitimer(signal.ITIMER_REAL, stop_after)
-        monitor.start()
-        try:
-            if not STOP.requested:
-                scheduler.start()
-            log.info("stopping (%s): finishing the write in progress", ", ".join(STOP.requested))
-            polls.shutdown(wait=True)
-            self.release()
-        finally:
-            done.set()
-            monitor.join()
-            if stop_after:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            STOP.uninstall()
-        if self.fatal is not None:
-            raise self.fatal
 
-    def _on_stop(self) -> None:
-        if self.abort is not None:
-            self.abort()
+    def abort_all() -> None:
+        for daemon in daemons:
+            if daemon.abort is not None:
+                daemon.abort()
+
+    done = threading.Event()
+    monitor = threading.Thread(
+        target=_monitor,
+        args=(scheduler, abort_all, done),
+        name="recorder-monitor",
+        daemon=True,
+    )
+    STOP.install((signal.SIGALRM,) if stop_after else ())
+    if stop_after:
+        signal.setitimer(signal.ITIMER_REAL, stop_after)
+    monitor.start()
+    try:
+        if not STOP.requested:
+            scheduler.start()
+        log.info("stopping (%s): finishing the write in progress", ", ".join(STOP.requested))
+        for executor in executors.values():
+            executor.shutdown(wait=True)
+        for daemon in daemons:
+            daemon.release()
+    finally:
+        done.set()
+        monitor.join()
+        if stop_after:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        STOP.uninstall()
+    fatal = next((daemon.fatal for daemon in daemons if daemon.fatal is not None), None)
+    if fatal is not None:
+        raise fatal
 
 
 def _monitor(
@@ -366,7 +418,9 @@ def _monitor(
         if abs(drift) > _CLOCK_STEP_S and scheduler.running:
             log.warning("the host clock stepped by %+.1fs; polling again now", drift)
             steady = steady_clock()
-            scheduler.modify_job("poll", next_run_time=datetime.now(UTC))
+            now = datetime.now(UTC)
+            for job in scheduler.get_jobs():
+                scheduler.modify_job(job.id, next_run_time=now)
 
 
 class TargetBusy(Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -93,6 +94,9 @@ class FakeScheduler:
     def __init__(self) -> None:
         self.modified: list[tuple[str, Any]] = []
         self.stopped = False
+
+    def get_jobs(self) -> list[Any]:
+        return [SimpleNamespace(id="poll")]
 
     def modify_job(self, job_id: str, **changes: Any) -> None:
         self.modified.append((job_id, changes))
