@@ -38,12 +38,12 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from recorder.client import SchedulerClient
+    from recorder.config_file import TargetConfig
     from recorder.daemon import Daemon
     from recorder.pipeline import Pipeline
     from recorder.secret import Secret
+    from recorder.services import Service
     from recorder.simulator import JobKind
-    from recorder.snapshot import Snapshot
-    from recorder.config_file import TargetConfig
 
 log = logging.getLogger("recorder")
 
@@ -209,7 +209,7 @@ def _pipeline(
     with _user_errors():
         token = load_token(token_file)
         check_url(url, insecure=insecure)
-    return _recording(state, url, token, timeout, interval, services.for_url(url).parse)
+    return _recording(state, url, token, timeout, interval, services.for_url(url))
 
 
 def _recording(
@@ -218,9 +218,11 @@ def _recording(
     token: Secret,
     timeout: float,
     interval: float | None,
-    parse: Callable[[bytes], Snapshot],
+    service: Service,
+    name: str | None = None,
 ) -> tuple[Pipeline, SchedulerClient]:
-    """The recording pipeline for one target, and its client (for the caller to close)."""
+    """The recording pipeline for one target, and its client (for the caller to close); `name`
+    labels the target (a config file's), else the target keeps or gets its default name."""
     from recorder.client import SchedulerClient
     from recorder.gaps import gap_threshold
     from recorder.pipeline import Pipeline
@@ -230,9 +232,12 @@ def _recording(
         db.require_file(db.resolve_url(state.db_url))
     engine = state.engine()
     # --timeout bounds the whole answer: connect, headers and body together.
-    client = SchedulerClient(url, token, timeout=(min(5.0, timeout), timeout), parse=parse)
+    client = SchedulerClient(url, token, timeout=(min(5.0, timeout), timeout), parse=service.parse)
     gap_s = gap_threshold(interval) if interval is not None else None
-    return Pipeline(Store(engine), url, client.poll, gap_s=gap_s), client
+    pipeline = Pipeline(
+        Store(engine), url, client.poll, gap_s=gap_s, name=name, service=service.name
+    )
+    return pipeline, client
 
 
 @cli.command()
@@ -319,7 +324,13 @@ def _target_daemon(state: State, target: TargetConfig, clients: ExitStack) -> Da
     from recorder.daemon import Daemon, lease_ttl
 
     pipeline, client = _recording(
-        state, target.url, target.token, target.timeout, target.interval, target.service.parse
+        state,
+        target.url,
+        target.token,
+        target.timeout,
+        target.interval,
+        target.service,
+        target.name,
     )
     clients.callback(client.close)
     return Daemon(
@@ -378,7 +389,13 @@ def _poll_targets(state: State, targets: list[TargetConfig], expect_every: float
     polls = []
     for target in targets:
         pipeline, client = _recording(
-            state, target.url, target.token, target.timeout, expect_every, target.service.parse
+            state,
+            target.url,
+            target.token,
+            target.timeout,
+            expect_every,
+            target.service,
+            target.name,
         )
         polls.append((pipeline, client, target.timeout))
     # Side by side: a target whose server hangs for its whole timeout holds up no other.

@@ -49,14 +49,20 @@ class Pipeline:
         gap_s: float | None,
         max_pending: int = MAX_PENDING,
         set_aside_after: int = SET_ASIDE_AFTER,
+        name: str | None = None,
+        service: str | None = None,
     ) -> None:
         """Prepare to record `url` into `store`; nothing is read or written yet.
 
         `gap_s` is the gap threshold (see recorder.gaps); None takes it from the cadence of the
         target's recent polls, for a one-shot poll whose schedule the recorder does not know.
+        `name` and `service` label the target (see Store.target); None keeps its labels, or
+        gives a new target those its URL implies.
         """
         self.store = store
         self.url = url
+        self.name = name
+        self.service = service
         self.source = source
         self.gap_s = gap_s
         self.target_id: int | None = None
@@ -76,7 +82,7 @@ class Pipeline:
     def attach(self, now: float) -> int:
         """The target's id, created at `now` if the database has never seen it."""
         if self.target_id is None:
-            self.target_id = self.store.target(self.url, now)
+            self.target_id = self.store.target(self.url, now, name=self.name, service=self.service)
         return self.target_id
 
     def reload(self) -> None:

@@ -13,25 +13,22 @@ backfills the targets recorded before it) share them, so that they can never dis
 from __future__ import annotations
 
 import ipaddress
-import itertools
 import re
 from collections.abc import Container
 from urllib.parse import SplitResult, urlsplit
 
 GENERIC = "generic"
-# The path segment after the API version (/v1/, /v2/) → the service; runway's is runwayml.
+# The path segment before /scheduler → the service; runway's is runwayml.
 _SERVICES = {
     "pixverse": "pixverse",
     "kling": "kling",
     "minimax": "minimax",
     "runwayml": "runway",
-    "runway": "runway",
     "tempolor": "tempolor",
     "ltxstudio": "ltxstudio",
     "riffusion": "riffusion",
     "dreamina": "dreamina",
 }
-_VERSION = re.compile(r"v\d+", flags=re.ASCII)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Names for the loopback address that reach the same server (IPv6's ::1 is another address:
 # a server may listen on one and not the other).
@@ -39,16 +36,19 @@ _LOOPBACK = {"localhost": "127.0.0.1"}
 
 
 def service_of_url(url: str) -> str:
-    """The useapi.net service a URL's path names (``/v2/pixverse/scheduler/`` → ``pixverse``),
-    or ``generic``; never raises."""
+    """The useapi.net service a scheduler URL's path names (``/v2/pixverse/scheduler/`` →
+    ``pixverse``: the segment before ``scheduler``, a trailing ``/available`` aside), or
+    ``generic``; never raises."""
     try:
         path = urlsplit(url).path
     except ValueError:  # a bad [IPv6] address: the path is still what follows it
         path = re.split(r"[?#]", url, maxsplit=1)[0]
-    segments = [segment.lower() for segment in path.split("/")]
-    for before, segment in itertools.pairwise(segments):
-        if _VERSION.fullmatch(before) and segment in _SERVICES:
-            return _SERVICES[segment]
+    # Split, not a regex search: linear however long or odd the path.
+    segments = path.rstrip("/").lower().split("/")
+    if segments[-1] == "available":
+        segments.pop()
+    if len(segments) >= 2 and segments[-1] == "scheduler":
+        return _SERVICES.get(segments[-2], GENERIC)
     return GENERIC
 
 

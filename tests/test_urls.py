@@ -18,7 +18,9 @@ API = "https://api.useapi.net"
         (f"{API}/v1/kling/scheduler/", "kling"),
         (f"{API}/v1/minimax/scheduler/", "minimax"),
         (f"{API}/v1/runwayml/scheduler/", "runway"),
-        (f"{API}/v1/runwayml/", "runway"),
+        (f"{API}/v1/runwayml/", GENERIC),  # not its scheduler
+        (f"{API}/v2/pixverse/videos/", GENERIC),  # not its scheduler
+        (f"{API}/v1/kling/scheduler/available", "kling"),
         (f"{API}/v1/tempolor/scheduler/", "tempolor"),
         (f"{API}/v1/ltxstudio/scheduler/", "ltxstudio"),
         (f"{API}/v1/riffusion/scheduler/", "riffusion"),
@@ -29,7 +31,7 @@ API = "https://api.useapi.net"
         ("api.useapi.net/v1/kling/scheduler/", "kling"),  # no scheme
         (f"{API}/v2/pixverse/scheduler/?email=a@example.com#top", "pixverse"),
         ("http://127.0.0.1:9/a/", GENERIC),
-        (f"{API}/pixverse/scheduler/", GENERIC),  # no version before it
+        (f"{API}/pixverse/scheduler/", "pixverse"),  # no version before it
         (f"{API}/v2/midjourney/scheduler/", GENERIC),  # not a service we know
         (f"{API}/v2/scheduler/?service=/v2/kling/", GENERIC),  # the query is not the path
         ("", GENERIC),

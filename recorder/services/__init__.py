@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final
-from urllib.parse import urlsplit
 
 from recorder.parse import GENERIC_LAYOUT
 from recorder.services import (
@@ -24,6 +23,7 @@ from recorder.services import (
     tempolor,
 )
 from recorder.services._base import Capacity, Service, parse_available
+from recorder.urls import service_of_url
 
 __all__ = [
     "GENERIC",
@@ -75,24 +75,10 @@ def get(name: str) -> Service:
 
 
 def for_url(url: str) -> Service:
-    """The service whose scheduler a URL's path names (``/v1/kling/scheduler``), else GENERIC."""
-    return _BY_PATH_NAME.get(_path_name(url) or "", GENERIC)
+    """The service whose scheduler a URL's path names (``/v1/kling/scheduler``), else GENERIC.
 
-
-def _path_name(url: str) -> str | None:
-    """The path segment before ``scheduler`` (``/available`` and trailing slashes aside)."""
-    try:
-        path = urlsplit(url).path
-    except ValueError:  # e.g. an unclosed IPv6 bracket
-        return None
-    # Split, not a regex search: linear however long or odd the path.
-    segments = path.rstrip("/").lower().split("/")
-    if segments[-1] == "available":
-        segments.pop()
-    if len(segments) >= 2 and segments[-1] == "scheduler" and segments[-2]:
-        return segments[-2]
-    return None
-
-
-# The upstream's names in its paths (runwayml) are not always the service's (runway).
-_BY_PATH_NAME: Final = {_path_name(s.default_url): s for s in SERVICES.values()}
+    The rule is recorder.urls.service_of_url's, which also labels the targets in the database
+    (and did for those recorded before migration 0009): a URL's parser and its target's
+    service never disagree.
+    """
+    return SERVICES.get(service_of_url(url), GENERIC)
