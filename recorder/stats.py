@@ -45,6 +45,7 @@ from recorder.models import (
     ok_sql,
 )
 
+PG_WORK_MEM = "64MB"  # per sort of a report's transaction on PostgreSQL
 GROUP_KEYS = ("type", "account", "hour", "day", "service", "target")
 TIME_KEYS = {"hour": 3600, "day": 86400}
 PERCENTILES = (50, 90, 95, 99)
@@ -131,6 +132,10 @@ def compute(engine: Engine, query: StatsQuery) -> Report:
             # One snapshot for every query, as SQLite's transaction gives: the percentiles'
             # ranks come from one query and their values from others.
             conn.execution_options(isolation_level="REPEATABLE READ")
+            # The window's durations are ranked by a sort: in memory rather than in files
+            # (the default 4 MB spills a day of 333,000 jobs; 1.1 s to 0.7 s), for this
+            # transaction only.
+            conn.exec_driver_sql(f"SET LOCAL work_mem = '{PG_WORK_MEM}'")
         if query.target is not None:
             sql.target_id = targets.target_id(conn, query.target)
         labels = _labels(conn)

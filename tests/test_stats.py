@@ -212,6 +212,27 @@ def test_a_partial_day_is_read_as_a_whole_one_when_all_its_jobs_are_in_the_windo
     assert len(sorts) == (0 if after == "nothing" else 1)
 
 
+def test_a_report_on_postgresql_sorts_in_memory(history: tuple) -> None:
+    """PostgreSQL's default work_mem (4 MB) sends the sort that ranks a day of a busy team's
+    durations to files; a report raises it for its own transaction only."""
+    url, _, _ = history
+    now = to_datetime(T0 + 6 * 3600)
+    query = stats.StatsQuery(to_datetime(T0), now, now, ("type",))
+    engine = db.create(url)
+    postgresql = engine.dialect.name == "postgresql"
+    try:
+        found = statements(engine, lambda: stats.compute(engine, query), matching="work_mem")
+        with engine.connect() as conn:
+            session = conn.exec_driver_sql("SHOW work_mem").scalar() if postgresql else None
+    finally:
+        engine.dispose()
+    if postgresql:
+        assert [sql for sql, _ in found] == [f"SET LOCAL work_mem = '{stats.PG_WORK_MEM}'"]
+        assert session != stats.PG_WORK_MEM  # the session's own setting is left alone
+    else:
+        assert found == []
+
+
 @pytest.mark.parametrize(
     "by", [(), ("type",), ("type", "hour")], ids=lambda by: "+".join(by) or "all"
 )
