@@ -19,7 +19,6 @@ import math
 import os
 import re
 import tomllib
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, time
@@ -39,6 +38,7 @@ from recorder.config import (
 )
 from recorder.secret import Secret
 from recorder.services import Service
+from recorder.urls import same_target_key
 
 __all__ = ["CAPACITY_INTERVAL_S", "KEYS", "TargetConfig", "load_targets"]
 
@@ -52,7 +52,6 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # was pasted into token_env by mistake.
 _SHOWN_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 _DECLARED_TWICE = re.compile(r"Cannot declare \('targets', '(.*)'\) twice (\(at .*\))")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,25 +258,18 @@ def _number(where: _Where, key: str, value: object) -> float:
 
 
 def _check_distinct(path: Path, targets: list[TargetConfig]) -> None:
-    """Each URL is one target in the database: two targets on one URL would fight over it."""
-    seen: dict[tuple[str, str, int | None, str, str], str] = {}
+    """Each URL is one target in the database (recorder.urls.same_target_key: the case of the
+    host, a default port, a trailing slash or localhost for 127.0.0.1 make no other target):
+    two targets on one URL would fight over it."""
+    seen: dict[str, str] = {}
     for target in targets:
-        key = _same_url_key(target.url)
+        key = same_target_key(target.url)
         if key in seen:
             _Where(path, target.name).fail(
                 "url",
                 f"polls the same URL as [targets.{seen[key]}]; a URL is recorded by one target",
             )
         seen[key] = target.name
-
-
-def _same_url_key(url: str) -> tuple[str, str, int | None, str, str]:
-    """What makes two URLs poll the same endpoint: case of scheme and host, the default port
-    and a trailing slash do not count."""
-    parts = urllib.parse.urlsplit(url)
-    scheme = parts.scheme.lower()
-    port = parts.port if parts.port is not None else _DEFAULT_PORTS.get(scheme)
-    return scheme, (parts.hostname or "").rstrip("."), port, parts.path.rstrip("/"), parts.query
 
 
 def _kind(value: object) -> str:

@@ -173,6 +173,13 @@ MISTAKES = {
         + 'url = "HTTPS://API.useapi.net:443/v2/pixverse/scheduler"\n',
         "[targets.b] url: polls the same URL as [targets.a]",
     ),
+    "two targets on localhost and 127.0.0.1": (
+        '[targets.a]\nservice = "kling"\ntoken_env = "USEAPI_TOKEN"\n'
+        + 'url = "http://localhost:8765/v1/kling/scheduler"\n'
+        + '[targets.b]\nservice = "kling"\ntoken_env = "USEAPI_TOKEN"\n'
+        + 'url = "http://127.0.0.1:8765/v1/kling/scheduler/"\n',
+        "[targets.b] url: polls the same URL as [targets.a]",
+    ),
 }
 
 
