@@ -385,15 +385,24 @@ def test_a_member_is_not_started_twice(clock: ManualClock) -> None:
 # --- the command -------------------------------------------------------------------------------
 
 
+# `python -m recorder` with Ctrl-C's usual meaning: a test runner started in the background by
+# a shell without job control ignores SIGINT, its children inherit that, and `simulate`, like
+# any program, keeps the disposition it was given.
+WITH_CTRL_C = [
+    sys.executable,
+    "-c",
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'recorder'; runpy.run_module('recorder', run_name='__main__')",
+]
+
+
 def test_simulate_serves_each_service_at_its_path(tmp_path: Path) -> None:
     log = tmp_path / "simulate.log"
     args = ["--port", "0", "--token", "t", "--initial-jobs", "3", "--seed", "4"]
     with log.open("wb") as out:
         process = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "recorder",
+                *WITH_CTRL_C,
                 "simulate",
                 *args,
                 "--service",
