@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from recorder import rollups
+from recorder import rollups, services
 from recorder.clock import EARLIEST, LATEST, storable, to_datetime
 from recorder.inference import (
     Bounded,
@@ -44,7 +44,7 @@ from recorder.models import (
     succeeded,
 )
 from recorder.snapshot import Item, Outcome, PollResult, Snapshot
-from recorder.urls import first_free_name, same_target_key, service_of_url
+from recorder.urls import first_free_name, same_target_key
 
 # Keeps IN (...) lists well under every backend's limit on bound parameters.
 CHUNK = 500
@@ -259,7 +259,7 @@ def _target(
     if found is None:  # only if the key's rules changed since the target was recorded
         found = conn.execute(labels.where(Target.url == url)).first()
     if found is None:
-        service = service or service_of_url(url)
+        service = service or services.for_url(url).name
         if name is None:
             name = first_free_name(service, set(conn.scalars(select(Target.name))))
         else:

@@ -18,7 +18,8 @@ from collections.abc import Container
 from urllib.parse import SplitResult, urlsplit
 
 GENERIC = "generic"
-# The path segment before /scheduler → the service; runway's is runwayml.
+# The services migration 0009 knew, by the path segment before /scheduler (runway's is
+# runwayml).
 _SERVICES = {
     "pixverse": "pixverse",
     "kling": "kling",
@@ -35,10 +36,10 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _LOOPBACK = {"localhost": "127.0.0.1"}
 
 
-def service_of_url(url: str) -> str:
-    """The useapi.net service a scheduler URL's path names (``/v2/pixverse/scheduler/`` →
-    ``pixverse``: the segment before ``scheduler``, a trailing ``/available`` aside), or
-    ``generic``; never raises."""
+def scheduler_name(url: str) -> str | None:
+    """The path segment before ``scheduler`` in a scheduler URL (``/v1/runwayml/scheduler/`` →
+    ``runwayml``; a trailing ``/available`` aside), lower-cased; None if there is none. Never
+    raises."""
     try:
         path = urlsplit(url).path
     except ValueError:  # a bad [IPv6] address: the path is still what follows it
@@ -47,9 +48,19 @@ def service_of_url(url: str) -> str:
     segments = path.rstrip("/").lower().split("/")
     if segments[-1] == "available":
         segments.pop()
-    if len(segments) >= 2 and segments[-1] == "scheduler":
-        return _SERVICES.get(segments[-2], GENERIC)
-    return GENERIC
+    if len(segments) >= 2 and segments[-1] == "scheduler" and segments[-2]:
+        return segments[-2]
+    return None
+
+
+def service_of_url(url: str) -> str:
+    """The service a scheduler URL names among those migration 0009 knew (``pixverse`` for
+    ``/v2/pixverse/scheduler/``), or ``generic``.
+
+    Frozen with the migration that labels the targets recorded before it; the recorder itself
+    asks `recorder.services.for_url`, whose table grows with the adapters.
+    """
+    return _SERVICES.get(scheduler_name(url) or "", GENERIC)
 
 
 def same_target_key(url: str) -> str:

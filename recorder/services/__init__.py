@@ -23,7 +23,7 @@ from recorder.services import (
     tempolor,
 )
 from recorder.services._base import Capacity, Service, parse_available
-from recorder.urls import service_of_url
+from recorder.urls import scheduler_name
 
 __all__ = [
     "GENERIC",
@@ -77,8 +77,11 @@ def get(name: str) -> Service:
 def for_url(url: str) -> Service:
     """The service whose scheduler a URL's path names (``/v1/kling/scheduler``), else GENERIC.
 
-    The rule is recorder.urls.service_of_url's, which also labels the targets in the database
-    (and did for those recorded before migration 0009): a URL's parser and its target's
-    service never disagree.
+    The same rule labels a target's service in the database (recorder.store), so a URL's
+    parser and its target's service never disagree.
     """
-    return SERVICES.get(service_of_url(url), GENERIC)
+    return _BY_PATH_NAME.get(scheduler_name(url) or "", GENERIC)
+
+
+# The upstream's names in its paths (runwayml) are not always the service's (runway).
+_BY_PATH_NAME: Final = {scheduler_name(s.default_url): s for s in SERVICES.values()}
