@@ -37,6 +37,7 @@ from recorder.timespec import When
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from recorder.capacity import CapacityReader
     from recorder.client import SchedulerClient
     from recorder.config_file import TargetConfig
     from recorder.daemon import Daemon
@@ -272,11 +273,17 @@ def run(
     from recorder.daemon import run_daemons
 
     with ExitStack() as clients:
+        readers: list[CapacityReader] = []
         if config_file is None:
             daemons = [_url_daemon(state, url, token_file, timeout, insecure, interval, clients)]
         else:
             targets = _targets(config_file, timeout, insecure, ("url", "token_file", "interval"))
             daemons = [_target_daemon(state, target, clients) for target in targets]
+            readers = [
+                reader
+                for target, daemon in zip(targets, daemons, strict=True)
+                if (reader := _capacity_reader(target, daemon, clients, insecure)) is not None
+            ]
             engine = db.masked(str(state.engine().url))
             log.info("recording %d target(s) of %s into %s", len(targets), config_file, engine)
             for target in targets:
@@ -287,8 +294,12 @@ def run(
                     target.service.name,
                     target.interval,
                 )
+            for reader in readers:
+                log.info(
+                    "[%s] reading %s every %gs", reader.name, reader.client.url, reader.interval
+                )
         try:
-            run_daemons(daemons)
+            run_daemons(daemons, side_tasks=readers)
         except db.DatabaseError as exc:
             raise click.ClickException(str(exc)) from None
     log.info("stopped")
@@ -338,6 +349,36 @@ def _target_daemon(state: State, target: TargetConfig, clients: ExitStack) -> Da
         target.interval,
         lease_ttl_s=lease_ttl(target.interval, target.timeout),
         abort=client.abort,
+        name=target.name,
+    )
+
+
+def _capacity_reader(
+    target: TargetConfig, daemon: Daemon, clients: ExitStack, insecure: bool
+) -> CapacityReader | None:
+    """The reader of a config file target's /scheduler/available, if it is to be read; its
+    client is closed with `clients`. It records only while the target's daemon does."""
+    from recorder.capacity import CapacityReader
+    from recorder.client import SchedulerClient, check_url
+
+    url = target.service.available_url(target.url)
+    if url is None or target.capacity_interval <= 0:
+        return None
+    check_url(url, insecure=insecure)  # the list URL passed: same scheme and host
+    timeout = target.timeout
+    client = SchedulerClient(url, target.token, timeout=(min(5.0, timeout), timeout))
+    clients.callback(client.close)
+    pipeline = daemon.pipeline
+
+    def target_id() -> int | None:
+        return pipeline.target_id if daemon.holding else None
+
+    return CapacityReader(
+        target.service,
+        client,
+        pipeline.store,
+        target_id,
+        target.capacity_interval,
         name=target.name,
     )
 

@@ -51,7 +51,7 @@ from datetime import UTC
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any, Final, Protocol, Self
+from typing import Any, Final, Protocol, Self, TypeVar
 
 import requests
 import requests.adapters
@@ -93,6 +93,9 @@ _OBJECT_REPR_RE: Final = re.compile(r"<[^<>]*>:\s*")
 _TRANSPORT_ERRORS: Final = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
 
 Clock = Callable[[], float]
+A = TypeVar("A")
+# What a request does with a 2xx answer: the poll's Snapshot, or fetch()'s raw body.
+_Success = Callable[[requests.Response, "_Watch"], "A | Failure"]
 
 
 class _Abort(Exception):
@@ -390,12 +393,17 @@ class SchedulerClient:
         """GET the URL once and classify what happened, within the deadline."""
         sent_at = self._wall_clock()
         start = self._monotonic()
-        status, answer = self._exchange()
+        status, answer = self._exchange(self._success)
         # Latency from the monotonic clock: a wall-clock step mid-poll cannot make it negative.
         received_at = sent_at + max(0.0, self._monotonic() - start)
         return PollResult(sent_at, received_at, status, answer)
 
-    def _exchange(self) -> tuple[int | None, Snapshot | Failure]:
+    def fetch(self) -> tuple[int | None, bytes | Failure]:
+        """GET the URL once by the rules of poll() (deadline, body size, token, no redirects,
+        abort); the HTTP status and the 2xx body as it came, unparsed, or the Failure."""
+        return self._exchange(self._body)
+
+    def _exchange(self, success: _Success[A]) -> tuple[int | None, A | Failure]:
         watch = _Watch(self._deadline)
         with self._lock:
             if self._aborted:
@@ -403,12 +411,12 @@ class SchedulerClient:
             self._watch = watch
         try:
             with watch:
-                return self._fetch(watch)
+                return self._fetch(watch, success)
         finally:
             with self._lock:
                 self._watch = None
 
-    def _fetch(self, watch: _Watch) -> tuple[int | None, Snapshot | Failure]:
+    def _fetch(self, watch: _Watch, success: _Success[A]) -> tuple[int | None, A | Failure]:
         try:
             response = self._session.get(
                 self._url,
@@ -424,7 +432,9 @@ class SchedulerClient:
             if cut is not None:
                 # Cut while the headers came in: the status and headers may be fragments.
                 return None, self._failure(*self._cut_failure(cut, in_body=False))
-            return response.status_code, self._answer(response, watch)
+            if 200 <= response.status_code < 300:
+                return response.status_code, success(response, watch)
+            return response.status_code, self._status_failure(response, watch)
 
     def _headers(self) -> dict[str, str]:
         headers = {"User-Agent": f"recorder/{__version__}", "Accept": "application/json"}
@@ -432,16 +442,16 @@ class SchedulerClient:
             headers["Authorization"] = f"Bearer {self._token.reveal()}"
         return headers
 
-    def _answer(self, response: requests.Response, watch: _Watch) -> Snapshot | Failure:
-        if 200 <= response.status_code < 300:
-            return self._success(response, watch)
-        return self._status_failure(response, watch)
-
-    def _success(self, response: requests.Response, watch: _Watch) -> Snapshot | Failure:
+    def _body(self, response: requests.Response, watch: _Watch) -> bytes | Failure:
         try:
-            body = self._read(response, self._max_body_bytes, watch)
+            return self._read(response, self._max_body_bytes, watch)
         except _Abort as abort:
             return self._failure(abort.outcome, abort.message)
+
+    def _success(self, response: requests.Response, watch: _Watch) -> Snapshot | Failure:
+        body = self._body(response, watch)
+        if isinstance(body, Failure):
+            return body
         try:
             snapshot = self._parse(body)
         except PayloadError as exc:

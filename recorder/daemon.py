@@ -8,7 +8,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
@@ -25,7 +26,15 @@ from recorder.pipeline import Pipeline, Recorded
 from recorder.snapshot import Failure, Outcome, PollResult
 from recorder.stopping import STOP
 
-__all__ = ["Daemon", "TargetBusy", "gap_threshold", "lease_ttl", "poll_once", "run_daemons"]
+__all__ = [
+    "Daemon",
+    "SideTask",
+    "TargetBusy",
+    "gap_threshold",
+    "lease_ttl",
+    "poll_once",
+    "run_daemons",
+]
 
 log = logging.getLogger("recorder")
 
@@ -37,6 +46,23 @@ _WATCH_S = 0.2
 _CLOCK_STEP_S = 2.0
 _BACKOFF_OUTCOMES = frozenset({Outcome.RATE_LIMITED, Outcome.SERVER})
 _LOUD_OUTCOMES = frozenset({Outcome.AUTH, Outcome.PAYMENT, Outcome.UNSTORABLE})
+
+
+class SideTask(Protocol):
+    """Work beside a target's polls on an interval of its own (recorder.capacity's reader)."""
+
+    @property
+    def interval(self) -> float:
+        """Seconds between runs."""
+        ...
+
+    def tick(self) -> object:
+        """One run; never raises."""
+        ...
+
+    def abort(self) -> None:
+        """Cut the run in flight short: the recorder is stopping."""
+        ...
 
 
 class _Stopping(Exception):
@@ -326,7 +352,11 @@ class Daemon:
         run_daemons([self], stop_after)
 
 
-def run_daemons(daemons: Sequence[Daemon], stop_after: float | None = None) -> None:
+def run_daemons(
+    daemons: Sequence[Daemon],
+    stop_after: float | None = None,
+    side_tasks: Sequence[SideTask] = (),
+) -> None:
     """Poll every daemon's target on its own schedule until SIGINT, SIGTERM or SIGHUP (or
     `stop_after` seconds).
 
@@ -337,6 +367,10 @@ def run_daemons(daemons: Sequence[Daemon], stop_after: float | None = None) -> N
     the handler. Writing stops after the writes in progress, and every daemon gives up its
     lease. A signal that came during start-up stops the daemons at once. Raises the error that
     made a daemon stop them all on its own (the database file vanished).
+
+    Each of `side_tasks` (a target's capacity reads) runs on an executor of its own too, so
+    that a slow one delays no poll; it first runs a second after the start, and is cut
+    short with the polls on stop.
     """
     executors = {
         f"target-{index}": ThreadPoolExecutor(
@@ -344,6 +378,10 @@ def run_daemons(daemons: Sequence[Daemon], stop_after: float | None = None) -> N
         )
         for index in range(len(daemons))
     }
+    for index in range(len(side_tasks)):
+        executors[f"side-{index}"] = ThreadPoolExecutor(
+            max_workers=1, pool_kwargs={"thread_name_prefix": f"recorder-side-{index}"}
+        )
     scheduler = BlockingScheduler(executors=executors, timezone=UTC)
     for index, daemon in enumerate(daemons):
         scheduler.add_job(
@@ -356,11 +394,25 @@ def run_daemons(daemons: Sequence[Daemon], stop_after: float | None = None) -> N
             coalesce=True,
             misfire_grace_time=max(1, int(daemon.interval)),
         )
+    for index, task in enumerate(side_tasks):
+        scheduler.add_job(
+            task.tick,
+            IntervalTrigger(seconds=task.interval, timezone=UTC),
+            id=f"side-{index}",
+            executor=f"side-{index}",
+            # Soon after the start, when the first polls have found their targets' ids.
+            next_run_time=datetime.now(UTC) + timedelta(seconds=min(task.interval, 1.0)),
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=max(1, int(task.interval)),
+        )
 
     def abort_all() -> None:
         for daemon in daemons:
             if daemon.abort is not None:
                 daemon.abort()
+        for task in side_tasks:
+            task.abort()
 
     done = threading.Event()
     monitor = threading.Thread(

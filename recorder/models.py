@@ -15,6 +15,8 @@ Tables (see docs/schema.md):
 * ``rollup_hours`` and ``rollup_peaks``: the finished jobs summed per hour (recorder.rollups),
   kept in step with ``jobs`` by the transaction that changes a job, so that reports over long
   windows read an hour's figures instead of its jobs.
+* ``capacity``: each account's maxJobs / executing / available from /scheduler/available, one
+  row per run of unchanged values (recorder.capacity reads it, Store.record_capacity writes it).
 
 Beside the tables are the facts about their rows that every query shares, each written once: a
 job's status values (`JobStatus`) and how a query tests one (`has_status`, which the partial
@@ -456,6 +458,32 @@ class RollupPeakTable(Base):
     __table_args__ = (Index("ix_rollup_peaks_scope_hour", "scope", "hour"),)
 
 
+class CapacityTable(Base):
+    """One run of unchanged /scheduler/available values of one account of one target.
+
+    Written only when a value changes: reads that repeat the latest row's values move its
+    `last_at`. Consecutive rows of reads no further apart than the gap meet (the earlier one's
+    `last_at` is the later one's `first_at`); a row after a longer silence does not.
+    """
+
+    __tablename__ = "capacity"
+
+    id: Column[int] = Column(Id, primary_key=True)
+    target_id: Column[int] = Column(ForeignKey("targets.id"), nullable=False)
+    account: Column[str] = Column(String, nullable=False)
+    max_jobs: Column[int | None] = Column(Integer)
+    executing: Column[int | None] = Column(Integer)
+    available: Column[int | None] = Column(Integer)
+    first_at: Column[datetime] = Column(UTCDateTime, nullable=False)  # the read that saw them
+    last_at: Column[datetime] = Column(
+        UTCDateTime, nullable=False
+    )  # the last read, or the next row's
+
+    __table_args__ = (
+        Index("ix_capacity_target_account_first", "target_id", "account", "first_at"),
+    )
+
+
 # The tables as the queries name them (see Base).
 Target = TargetTable()
 Poll = PollTable()
@@ -466,6 +494,7 @@ Observation = ObservationTable()
 Quarantine = QuarantineTable()
 RollupHour = RollupHourTable()
 RollupPeak = RollupPeakTable()
+Capacity = CapacityTable()
 
 
 # Which polls count, as SQLAlchemy expressions and, for the hand-written report SQL, as text.

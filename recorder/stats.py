@@ -19,6 +19,9 @@ Definitions (docs/stats.md has them for users):
   coverage is their mean: grouped by ``target`` or ``service``, that of the group's own targets.
 * Grouped by ``target``, a group is one target, shown by its name; by ``service``, the targets
   of one service together.
+* Grouped by ``account`` (among other keys or not), each group also gets its account's capacity
+  from /scheduler/available, over the group's targets and window (`capacity_figures`):
+  ``max_jobs``, ``utilization`` and ``saturated_share``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from recorder.dialect import Dialect
 from recorder.models import (
     LONG_JOB_S,
     RUNNING_INDEX,
+    Capacity,
     Job,
     JobStatus,
     Target,
@@ -80,6 +84,70 @@ class Durations:
     closed_across_gap: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class CapacitySpan:
+    """A capacity row as the figures read it: one account's values from first_at to last_at."""
+
+    target_id: int
+    account: str
+    max_jobs: int | None
+    executing: int | None
+    available: int | None
+    first_at: float
+    last_at: float
+
+    @property
+    def covers(self) -> bool:
+        """True when its values say how busy the account was: a max_jobs above 0, executing."""
+        return bool(self.max_jobs) and self.executing is not None
+
+    @property
+    def saturated(self) -> bool:
+        """No free slot: available 0, or (without available) executing at max_jobs or above."""
+        if self.available is not None:
+            return self.available == 0
+        return self.covers and (self.executing or 0) >= (self.max_jobs or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityFigures:
+    """An account's capacity over a window: None where the rows say nothing."""
+
+    max_jobs: int | None = None
+    utilization: float | None = None
+    saturated_share: float | None = None
+
+
+def capacity_figures(spans: Iterable[CapacitySpan], since: float, until: float) -> CapacityFigures:
+    """The capacity figures of one group's rows (one account, the group's targets) over the
+    window ``[since, until)``.
+
+    ``max_jobs``: each target's latest row that overlaps the window (``first_at < until`` and
+    ``last_at >= since``), its max_jobs summed over the targets. ``utilization``: the mean of
+    executing / max_jobs over the time the covering rows (`CapacitySpan.covers`) overlap the
+    window, weighted by that time; ``saturated_share``: the share of that time with no free
+    slot. A row covers ``[first_at, last_at)``: the time until the next read that changed it.
+    """
+    latest: dict[int, CapacitySpan] = {}
+    covered = busy = saturated = 0.0
+    for span in spans:
+        if span.first_at < until and span.last_at >= since:
+            known = latest.get(span.target_id)
+            if known is None or span.first_at > known.first_at:
+                latest[span.target_id] = span
+        overlap = min(span.last_at, until) - max(span.first_at, since)
+        if overlap <= 0 or not span.covers:
+            continue
+        covered += overlap
+        busy += (span.executing or 0) / (span.max_jobs or 1) * overlap
+        if span.saturated:
+            saturated += overlap
+    limits = [span.max_jobs for span in latest.values() if span.max_jobs is not None]
+    if not covered:
+        return CapacityFigures(sum(limits) if limits else None)
+    return CapacityFigures(sum(limits) if limits else None, busy / covered, saturated / covered)
+
+
 @dataclass(slots=True)
 class Group:
     """One group's figures."""
@@ -97,6 +165,7 @@ class Group:
     gaps: int = 0
     longest_gap_s: float = 0.0
     histogram: list[tuple[float, float | None, int]] = field(default_factory=list)
+    capacity: CapacityFigures | None = None  # grouped by account only
 
     @property
     def hours(self) -> float:
@@ -162,6 +231,8 @@ def compute(engine: Engine, query: StatsQuery) -> Report:
         if query.histogram:
             for row in conn.execute(sql.histogram(), sql.params()):
                 groups.add_bin(row._mapping)
+        if "account" in query.by:
+            groups.set_capacity(_capacity_spans(conn, sql))
     return Report(query.since, query.until, query.by, groups.ordered())
 
 
@@ -295,6 +366,33 @@ def _concurrency(conn: Connection, sql: _Sql, split: _Split, groups: _Groups) ->
             group.peak_concurrency = peaks[id(group)]
             span = (group.until - group.since).total_seconds()
             group.mean_concurrency = totals[id(group)] / span
+
+
+def _capacity_spans(conn: Connection, sql: _Sql) -> list[CapacitySpan]:
+    """The capacity rows that overlap the window (of --target's target, if given)."""
+    query = select(
+        Capacity.target_id,
+        Capacity.account,
+        Capacity.max_jobs,
+        Capacity.executing,
+        Capacity.available,
+        Capacity.first_at,
+        Capacity.last_at,
+    ).where(Capacity.first_at < sql.q.until, Capacity.last_at >= sql.q.since)
+    if sql.target_id is not None:
+        query = query.where(Capacity.target_id == sql.target_id)
+    return [
+        CapacitySpan(
+            row.target_id,
+            row.account,
+            row.max_jobs,
+            row.executing,
+            row.available,
+            row.first_at.timestamp(),
+            row.last_at.timestamp(),
+        )
+        for row in conn.execute(query)
+    ]
 
 
 def _covers_every_job(conn: Connection, query: StatsQuery) -> bool:
@@ -532,6 +630,24 @@ class _Groups:
             sum(t[2] for t in found),
             max(t[3] for t in found),
         )
+
+    def set_capacity(self, spans: Sequence[CapacitySpan]) -> None:
+        """Each group's capacity figures, from the rows of its account and targets."""
+        for group in self.groups.values():
+            chosen = self.targets_of(group)
+            account = group.key["account"]
+            mine = [s for s in spans if s.account == account and s.target_id in chosen]
+            since, until = group.since.timestamp(), group.until.timestamp()
+            group.capacity = capacity_figures(mine, since, until)
+
+    def targets_of(self, group: Group) -> set[int]:
+        """The ids of the targets whose rows are the group's."""
+        return {
+            target_id
+            for target_id, label in self.labels.items()
+            if group.key.get("target", label.name) == label.name
+            and group.key.get("service", label.service) == label.service
+        }
 
     def add_bin(self, row: Mapping[Any, Any]) -> None:
         group = self.at(row)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import IO, Any
 
 from recorder.output import human_duration, iso, render
-from recorder.stats import PERCENTILES, Group, Report
+from recorder.stats import PERCENTILES, CapacityFigures, Group, Report
 
 _DURATION_KEYS = ("count", "mean", "p50", "p90", "p95", "p99", "max")
 
@@ -27,6 +27,10 @@ def _durations(group: Group) -> dict[str, Any]:
     return values
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
 def group_json(group: Group, histogram: bool) -> dict[str, Any]:
     """One group as `recorder stats --format json` shows it."""
     result: dict[str, Any] = {k: _key_value(v) for k, v in group.key.items()}
@@ -43,6 +47,13 @@ def group_json(group: Group, histogram: bool) -> dict[str, Any]:
         "gaps": group.gaps,
         "longest_gap_s": round(group.longest_gap_s, 3),
     }
+    if group.capacity is not None:  # grouped by account
+        capacity = group.capacity
+        result |= {
+            "max_jobs": capacity.max_jobs,
+            "utilization": _rounded(capacity.utilization),
+            "saturated_share": _rounded(capacity.saturated_share),
+        }
     if histogram:
         result["histogram"] = [
             {"min_s": lo, "max_s": hi, "count": n} for lo, hi, n in group.histogram
@@ -106,11 +117,24 @@ def write_table(report: Report, out: IO[str], histogram: bool = False) -> None:
             "gaps": group.gaps,
             "longest_gap": human_duration(group.longest_gap_s) if group.gaps else "",
         }
+        if group.capacity is not None:
+            row |= _capacity_cells(group.capacity)
         rows.append(row)
     render(rows, "table", out)
     if histogram:
         for group in report.groups:
             _write_histogram(group, out)
+
+
+def _capacity_cells(capacity: CapacityFigures) -> dict[str, Any]:
+    def share(value: float | None) -> str:
+        return "" if value is None else f"{value:.1%}"
+
+    return {
+        "max_jobs": "" if capacity.max_jobs is None else capacity.max_jobs,
+        "utilization": share(capacity.utilization),
+        "saturated": share(capacity.saturated_share),
+    }
 
 
 def _human_key(value: Any) -> Any:

@@ -30,6 +30,7 @@ from recorder.inference import (
 )
 from recorder.lease import RecordingLease
 from recorder.models import (
+    Capacity,
     Job,
     JobStatus,
     Observation,
@@ -43,6 +44,9 @@ from recorder.models import (
     running_jobs,
     succeeded,
 )
+from recorder.parse import LIMITS, bound_text
+from recorder.services._base import MAX_COUNT
+from recorder.services._base import Capacity as AccountCapacity
 from recorder.snapshot import Item, Outcome, PollResult, Snapshot
 from recorder.urls import first_free_name, same_target_key
 
@@ -246,6 +250,94 @@ class Store:
                 dropped = func.coalesce(Poll.dropped_values, 0) + columns.clamped
                 conn.execute(update(Poll).where(Poll.id == poll_id).values(dropped_values=dropped))
         return poll_id
+
+    def record_capacity(
+        self,
+        target_id: int,
+        read_at: float,
+        capacities: Sequence[AccountCapacity],
+        gap_s: float,
+    ) -> int:
+        """Store one /scheduler/available read of the target at `read_at`, in one transaction;
+        returns how many rows it inserted.
+
+        Only changes are written: an account whose values are its latest row's, read within
+        `gap_s` of that row's `last_at`, only moves `last_at` to `read_at`. Changed values, or a
+        read after a longer silence, start a new row; after a row within the gap, that row's
+        `last_at` moves to `read_at` too, so that the two meet (the change happened between the
+        reads). An account the read does not list is left as it is.
+        """
+        read: dict[str, _CapacityValues] = {}
+        for capacity in capacities:
+            values = _capacity_values(capacity)
+            read.setdefault(values[0], values)  # the first line of an account, as parsed
+        columns = _Columns()
+        at = columns.time(read_at)
+        with self.engine.begin() as conn:
+            latest = _latest_capacity(conn, target_id, list(read))
+            moved, inserted = [], []
+            for account, values in read.items():
+                row = latest.get(account)
+                since = None if row is None else read_at - to_timestamp(row.last_at)
+                same = row is not None and tuple(row)[:4] == values
+                if same and since is not None and since < 0:
+                    continue  # a read older than the row's last one: nothing new
+                contiguous = since is not None and 0 <= since <= gap_s
+                if contiguous and row is not None:
+                    moved.append(row.id)  # extended, or ends where the changed values begin
+                if same and contiguous:
+                    continue
+                inserted.append(
+                    {
+                        "target_id": target_id,
+                        "account": account,
+                        "max_jobs": values[1],
+                        "executing": values[2],
+                        "available": values[3],
+                        "first_at": at,
+                        "last_at": at,
+                    }
+                )
+            for chunk in chunks(moved):
+                conn.execute(update(Capacity).where(Capacity.id.in_(chunk)).values(last_at=at))
+            if inserted:
+                conn.execute(insert(Capacity), inserted)
+        return len(inserted)
+
+
+_CapacityValues = tuple[str, int | None, int | None, int | None]
+
+
+def _capacity_values(capacity: AccountCapacity) -> _CapacityValues:
+    """An account's line as stored: its name bounded like every text, unusable counts None."""
+
+    def count(value: int | None) -> int | None:
+        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT
+        return value if ok else None
+
+    account = bound_text(str(capacity.account), LIMITS["account"])
+    return account, count(capacity.max_jobs), count(capacity.executing), count(capacity.available)
+
+
+def _latest_capacity(conn: Connection, target_id: int, accounts: Sequence[str]) -> dict[str, Any]:
+    """Each of `accounts`' latest capacity row of the target, by account."""
+    found: dict[str, Any] = {}
+    for chunk in chunks(accounts):
+        latest = (
+            select(func.max(Capacity.id))
+            .where(Capacity.target_id == target_id, Capacity.account.in_(chunk))
+            .group_by(Capacity.account)
+        )
+        query = select(
+            Capacity.account,
+            Capacity.max_jobs,
+            Capacity.executing,
+            Capacity.available,
+            Capacity.last_at,
+            Capacity.id,
+        ).where(Capacity.id.in_(latest))
+        found.update((row.account, row) for row in conn.execute(query))
+    return found
 
 
 def _target(

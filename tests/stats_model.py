@@ -181,3 +181,40 @@ def _coverage(polls: list[Any], lo: float, hi: float) -> tuple[float, int, float
 
 def _overlap(s: float, e: float, lo: float, hi: float) -> float:
     return max(0.0, min(e, hi) - max(s, lo))
+
+
+def capacity_truth(
+    spans: list[Any], since_ms: int, until_ms: int
+) -> tuple[int | None, float | None, float | None]:
+    """`recorder.stats.capacity_figures` by its definition, for spans whose times are whole
+    milliseconds: every millisecond of the window ``[since, until)`` is looked at in turn.
+
+    A row holds the instants ``first_at <= t <= last_at`` (for the latest row per target that
+    the window meets) and covers ``first_at <= t < last_at``, when it has max_jobs > 0 and
+    executing. Returns (max_jobs, utilization, saturated_share).
+    """
+    latest: dict[int, Any] = {}
+    samples = 0
+    busy = 0.0
+    saturated = 0
+    for t_ms in range(since_ms, until_ms):
+        t = t_ms / 1000
+        for span in spans:
+            if span.first_at <= t <= span.last_at:
+                known = latest.get(span.target_id)
+                if known is None or span.first_at > known.first_at:
+                    latest[span.target_id] = span
+            if not span.first_at <= t < span.last_at:
+                continue
+            if not span.max_jobs or span.executing is None:
+                continue
+            samples += 1
+            busy += span.executing / span.max_jobs
+            free = span.available if span.available is not None else None
+            full = free == 0 if free is not None else span.executing >= span.max_jobs
+            saturated += full
+    limits = [s.max_jobs for s in latest.values() if s.max_jobs is not None]
+    max_jobs = sum(limits) if limits else None
+    if not samples:
+        return max_jobs, None, None
+    return max_jobs, busy / samples, saturated / samples

@@ -28,7 +28,7 @@ __all__ = ["Capacity", "Service", "parse_available"]
 # PixVerse and Kling key accounts by email, MiniMax by account, TemPolor and Riffusion by user id.
 _ACCOUNT_KEYS: Final = ("email", "account", "user_id")
 # Fits a signed 32-bit column; a larger count of jobs is garbage.
-_MAX_COUNT: Final = 2**31 - 1
+MAX_COUNT: Final = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +119,7 @@ def _count(value: object) -> int | None:
         return None
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
-    if isinstance(value, int) and 0 <= value <= _MAX_COUNT:
+    if isinstance(value, int) and 0 <= value <= MAX_COUNT:
         return value
     return None
 
