@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from recorder.client import SchedulerClient
 from recorder.clock import SteadyClock
 from recorder.db import one_line
+from recorder.logs import about
 from recorder.output import human_duration
 from recorder.parse import PayloadError
 from recorder.services import Service
@@ -103,7 +104,9 @@ class CapacityReader:
         if self.failing != kind:
             if self.failing is None:
                 self._since = self.clock()
-            log.warning("[%s] capacity: failing (%s): %s", self.name, kind, message)
+            log.warning(
+                "[%s] capacity: failing (%s): %s", self.name, kind, message, extra=about(self.name)
+            )
             self.failing = kind
 
     def _recover(self) -> None:
@@ -113,5 +116,6 @@ class CapacityReader:
                 self.name,
                 self._failures,
                 human_duration(self.clock() - self._since),
+                extra=about(self.name),
             )
         self.failing, self._failures = None, 0

@@ -27,6 +27,7 @@ from recorder.config import (
     ConfigError,
     load_token,
 )
+from recorder.logs import LOG_FORMATS, LogFormat, about, setup
 from recorder.output import FORMATS, default_format, iso, render
 from recorder.params import DATABASE_URL, DAY, HOUR, JOB_KIND, SIM_SERVICE, WHEN, Number, Seconds
 from recorder.stopping import STOP
@@ -84,10 +85,8 @@ class State:
 pass_state = click.make_pass_decorator(State)
 
 
-def _setup_logging(verbosity: int) -> None:
-    from recorder import logs
-
-    logs.setup(verbosity)  # one line per event, with text from the API escaped
+def _setup_logging(verbosity: int, fmt: LogFormat) -> None:
+    setup(verbosity, fmt=fmt)  # one line (or JSON object) per event, API text escaped
 
 
 class ConfigFileError(click.ClickException):
@@ -117,9 +116,19 @@ def _user_errors() -> Iterator[None]:
 )
 @click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS),
+    default="text",
+    show_default=True,
+    help="The log on stderr: text lines, or one JSON object per line (time, level, message, "
+    "target).",
+)
 @click.version_option(__version__, prog_name="recorder")
 @click.pass_context
-def cli(ctx: click.Context, db_url: str | None, verbose: int, quiet: bool) -> None:
+def cli(
+    ctx: click.Context, db_url: str | None, verbose: int, quiet: bool, log_format: LogFormat
+) -> None:
     """Record the job history of a useapi.net scheduler endpoint.
 
     The endpoint lists only the jobs executing right now; recorder polls it, infers when each
@@ -132,7 +141,7 @@ def cli(ctx: click.Context, db_url: str | None, verbose: int, quiet: bool) -> No
     if ctx.invoked_subcommand != "run":
         # Only the daemon stops gracefully; every other command stops as any program does.
         STOP.release()
-    _setup_logging(-1 if quiet else verbose)
+    _setup_logging(-1 if quiet else verbose, log_format)
     ctx.obj = State(db_url)
     ctx.call_on_close(ctx.obj.close)
 
@@ -293,10 +302,15 @@ def run(
                     target.url,
                     target.service.name,
                     target.interval,
+                    extra=about(target.name),
                 )
             for reader in readers:
                 log.info(
-                    "[%s] reading %s every %gs", reader.name, reader.client.url, reader.interval
+                    "[%s] reading %s every %gs",
+                    reader.name,
+                    reader.client.url,
+                    reader.interval,
+                    extra=about(reader.name),
                 )
         try:
             run_daemons(daemons, side_tasks=readers)

@@ -21,6 +21,7 @@ from recorder.db import DatabaseGone, one_line
 from recorder.gaps import gap_threshold
 from recorder.inference import Closed, Opened, Reopened
 from recorder.lease import LeaseLost, RecordingLease
+from recorder.logs import about
 from recorder.output import human_duration
 from recorder.pipeline import Pipeline, Recorded
 from recorder.snapshot import Failure, Outcome, PollResult
@@ -79,14 +80,16 @@ class Health:
 
 
 class _TargetLog:
-    """The daemon's log: every line about its target starts with the target's name."""
+    """The daemon's log: every line about its target starts with the target's name (and
+    carries it as the record's `target`, for the JSON log)."""
 
     def __init__(self, name: str | None) -> None:
         self._prefix = "" if name is None else f"[{name}] "
+        self._extra = about(name)
 
     def log(self, level: int, message: str, *args: object) -> None:
         """Log `message % args`, tagged; the name goes in as an argument, so a % in it is safe."""
-        log.log(level, "%s" + message, self._prefix, *args)
+        log.log(level, "%s" + message, self._prefix, *args, extra=self._extra)
 
     def info(self, message: str, *args: object) -> None:
         """Log at INFO."""
