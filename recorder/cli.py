@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from recorder.simulator import JobKind
 
 log = logging.getLogger("recorder")
+METRICS_HOST = "127.0.0.1"  # metrics are for this host's scraper unless told otherwise
 
 
 class State:
@@ -259,6 +260,19 @@ def _recording(
     show_default=True,
     help="Seconds between polls, 0.05 to 86400 (a day); 0.5, 30s, 5m, 1h also work.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    metavar="PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port, logged).",
+)
+@click.option(
+    "--metrics-host",
+    default=METRICS_HOST,
+    show_default=True,
+    metavar="HOST",
+    help="The address --metrics-port listens on.",
+)
 @pass_state
 def run(
     state: State,
@@ -268,6 +282,8 @@ def run(
     insecure: bool,
     config_file: Path | None,
     interval: float,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Poll the endpoint every INTERVAL seconds and record it, until SIGINT or SIGTERM.
 
@@ -277,10 +293,13 @@ def run(
 
     Example:
 
-        USEAPI_TOKEN=... recorder run --interval 10
+        USEAPI_TOKEN=... recorder run --interval 10 --metrics-port 9464
     """
     from recorder.daemon import run_daemons
 
+    ctx = click.get_current_context()
+    if metrics_port is None and ctx.get_parameter_source("metrics_host") != ParameterSource.DEFAULT:
+        raise click.UsageError("--metrics-host needs --metrics-port")
     with ExitStack() as clients:
         readers: list[CapacityReader] = []
         if config_file is None:
@@ -312,11 +331,29 @@ def run(
                     reader.interval,
                     extra=about(reader.name),
                 )
+        if metrics_port is not None:
+            _serve_metrics(daemons, metrics_host, metrics_port, clients)
         try:
             run_daemons(daemons, side_tasks=readers)
         except db.DatabaseError as exc:
             raise click.ClickException(str(exc)) from None
     log.info("stopped")
+
+
+def _serve_metrics(daemons: list[Daemon], host: str, port: int, clients: ExitStack) -> None:
+    """Keep each daemon's figures and serve them on `host`:`port` until `clients` closes."""
+    # Imported here: only `run --metrics-port` loads prometheus_client.
+    from recorder.exporter import Exporter
+    from recorder.metrics import TargetMetrics
+
+    for daemon in daemons:
+        daemon.metrics = TargetMetrics()
+    try:
+        exporter = Exporter([d.metrics for d in daemons if d.metrics is not None], host, port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve metrics on {host}:{port}: {exc}") from None
+    clients.callback(exporter.close)
+    log.info("serving metrics at http://%s:%d/metrics", host, exporter.port)
 
 
 def _url_daemon(
@@ -525,6 +562,12 @@ def _now() -> datetime:
 @_format_option()
 @click.option("--running", "status", flag_value="running", help="Only jobs still running.")
 @click.option("--finished", "status", flag_value="finished", help="Only finished jobs.")
+@click.option(
+    "--overdue",
+    "status",
+    flag_value="overdue",
+    help="Only running jobs older than the p95 duration of their type (see Overdue jobs).",
+)
 @click.option("--type", "types", multiple=True, metavar="TYPE", help="Only this type (repeatable).")
 @click.option(
     "--account", "accounts", multiple=True, metavar="EMAIL", help="Only this account (repeatable)."
@@ -585,8 +628,9 @@ def jobs(
 
     with _user_errors():
         now = _now()
+        overdue = status == "overdue"
         query = reports.JobQuery(
-            status=status,
+            status="running" if overdue else status,
             types=types,
             accounts=accounts,
             services=services,
@@ -595,6 +639,7 @@ def jobs(
             until=parse_when(until, now) if until else None,
             limit=limit,
             order=order,
+            overdue_at=now if overdue else None,
         )
         rows = reports.jobs(state.reader(), query)
         fmt = fmt or default_format()

@@ -22,7 +22,9 @@ from recorder.gaps import gap_threshold
 from recorder.inference import Closed, Opened, Reopened
 from recorder.lease import LeaseLost, RecordingLease
 from recorder.logs import about
+from recorder.metrics import TargetMetrics
 from recorder.output import human_duration
+from recorder.overdue import REFRESH_S, OverdueWatch, age_floor
 from recorder.pipeline import Pipeline, Recorded
 from recorder.snapshot import Failure, Outcome, PollResult
 from recorder.stopping import STOP
@@ -118,6 +120,8 @@ class Daemon:
         wall_clock: Callable[[], float] = time.time,
         abort: Callable[[], None] | None = None,
         name: str | None = None,
+        metrics: TargetMetrics | None = None,
+        overdue_refresh_s: float = REFRESH_S,
     ) -> None:
         """Prepare to poll every `interval` seconds; `on_poll` sees each tick's outcome.
 
@@ -125,7 +129,10 @@ class Daemon:
         daemon on the same target stands by, and takes over the moment the first one's process
         lock is free (it stopped or died). `abort` cuts the poll in flight short on stop. `name`
         starts every log line about the target, as [name] (the CLI gives the config's name, or
-        the URL), so that the lines of several targets in one log can be told apart.
+        the URL), so that the lines of several targets in one log can be told apart. `metrics`
+        keeps the target's figures for recorder.exporter, from the polls this daemon records.
+        The p95 durations that make a job overdue (recorder.overdue) are read again at most
+        every `overdue_refresh_s`.
         """
         if interval <= 0:
             raise ValueError("the interval must be positive")
@@ -149,11 +156,14 @@ class Daemon:
         self._last_write = monotonic()
         self._not_before = 0.0
         self._backoff_level = 0
+        self.metrics = metrics
+        self.overdue = OverdueWatch(overdue_refresh_s)
 
     def tick(self) -> Recorded | None:
         """One scheduled run: poll and record, unless standing by or backing off. Never raises."""
         if not self._hold():
             return None
+        self._load_metrics()
         if self.monotonic() < self._not_before:
             self._renew_if_quiet()
             return None
@@ -179,8 +189,11 @@ class Daemon:
             self._last_write = self.monotonic()
             for each in batch:
                 self._log_changes(each)
+                if self.metrics is not None:
+                    self.metrics.record(each)
             recorded = batch[-1]
             self._after(recorded)
+            self._watch_running()
         if self.on_poll is not None:
             self.on_poll(recorded)
         return recorded
@@ -194,6 +207,8 @@ class Daemon:
     def _lose(self, why: str) -> None:
         self.log.warning("stopped recording: %s; standing by", why)
         self.pipeline.pending.clear()  # the new holder records from now on
+        if self.metrics is not None:
+            self.metrics.forget()  # read again on taking over: the holder counts meanwhile
         self.holding, self._standing_by = False, True
         if self._lease is not None:
             self._lease.lock.release()  # let the holder have the lock too
@@ -203,6 +218,44 @@ class Daemon:
         self.log.error("stopping: %s (%d poll(s) not written)", exc, lost)
         self.fatal = exc
         STOP.requested.append("database gone")
+
+    def _load_metrics(self) -> None:
+        """Start the figures from the database's counts, once, before recording."""
+        if self.metrics is None or self.metrics.loaded:
+            return
+        try:
+            target_id = self.pipeline.attach(self.wall_clock())
+            with self.pipeline.store.engine.connect() as conn:
+                self.metrics.load(conn, target_id)
+        except Exception as exc:  # tried again at the next tick; the figures wait, polls don't
+            self.log.log(logging.DEBUG, "cannot read the starting counts: %s", _describe(exc))
+
+    def _watch_running(self) -> None:
+        """Log the jobs that became overdue, and update the running jobs' figures."""
+        target_id = self.pipeline.target_id
+        if target_id is None:
+            return
+        now = self.wall_clock()
+        watch = self.overdue
+        if watch.due(now):
+            try:
+                with self.pipeline.store.engine.connect() as conn:
+                    watch.refresh(conn, target_id, now)
+            except Exception as exc:  # the p95s are kept as they were; polling goes on
+                watch.postpone(now)
+                self.log.warning("cannot read the p95 durations: %s", _describe(exc))
+        open_jobs = self.pipeline.state.open_jobs.values()
+        new, counts = watch.check(target_id, open_jobs, now)
+        for job, figures in new:
+            self.log.info(
+                "overdue   %s type=%s running for %s (p95 of its type %s)",
+                job.api_id,
+                job.type or "?",
+                human_duration(age_floor(now, job.start_at, job.start_max)),
+                human_duration(figures.p95_s),
+            )
+        if self.metrics is not None:
+            self.metrics.set_running(open_jobs, counts)
 
     def _hold(self) -> bool:
         """True when this daemon may record: it holds the lease, or just took it."""

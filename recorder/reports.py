@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Engine, func, select, text, union_all
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.expression import UnaryExpression
 
-from recorder import targets
+from recorder import overdue, targets
 from recorder.dialect import Dialect
 from recorder.models import (
     Job,
@@ -84,6 +84,7 @@ class JobQuery:
     until: datetime | None = None
     limit: int | None = None
     order: str = "started"  # one of ORDERS; a leading "-" sorts descending
+    overdue_at: datetime | None = None  # only the running jobs overdue at this instant
 
 
 def jobs(engine: Engine, query: JobQuery = JobQuery()) -> Iterator[dict[str, Any]]:
@@ -97,7 +98,42 @@ def jobs(engine: Engine, query: JobQuery = JobQuery()) -> Iterator[dict[str, Any
             targets.target_ids(conn, query.targets) if query.targets else None,
             targets.service_target_ids(conn, query.services) if query.services else None,
         )
+        if query.overdue_at is not None:
+            late = _overdue_ids(conn, query.overdue_at)
+            running = replace(query, status=JobStatus.RUNNING, limit=None)
+            return _only(_jobs(engine, running, chosen), late, query.limit)
     return _jobs(engine, query, chosen)
+
+
+def _only(
+    rows: Iterator[dict[str, Any]], keys: set[tuple[str, str]], limit: int | None
+) -> Iterator[dict[str, Any]]:
+    """The first `limit` of `rows` whose (target, id) is in `keys`."""
+    kept = 0
+    # Read to the end (the running jobs are few): a listing left early would leave its
+    # server-side cursor open on PostgreSQL.
+    for row in rows:
+        if (row["target"], row["id"]) in keys and (limit is None or kept < limit):
+            kept += 1
+            yield row
+
+
+def _overdue_ids(conn: Connection, now: datetime) -> set[tuple[str, str]]:
+    """The (target URL, job id) of every job overdue at `now` (recorder.overdue)."""
+    at = now.timestamp()
+    urls = {row.id: row.url for row in conn.execute(select(Target.id, Target.url))}
+    late = overdue.overdue(overdue.running(conn), overdue.typical_durations(conn, at), at)
+    return {(urls[job.target_id], job.api_id) for job, _ in late}
+
+
+def overdue_counts(conn: Connection, now: datetime) -> dict[int, int]:
+    """How many jobs of each target (by id) are overdue at `now` (recorder.overdue)."""
+    at = now.timestamp()
+    counts: dict[int, int] = {}
+    late = overdue.overdue(overdue.running(conn), overdue.typical_durations(conn, at), at)
+    for job, _ in late:
+        counts[job.target_id] = counts.get(job.target_id, 0) + 1
+    return counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +400,7 @@ STATUS_FIELDS = (
     "failing_polls",
     "quarantined",
     "running_jobs",
+    "overdue",
     "recorded_by",
 )
 
@@ -373,10 +410,11 @@ def status(engine: Engine, now: datetime, max_age_s: float) -> list[dict[str, An
 
     A target is healthy when its latest poll succeeded and is at most `max_age_s` old, and no
     poll of it waits in quarantine (`recorder quarantine` shows them and, once read, clears
-    them).
+    them). `overdue` counts its running jobs that are overdue (recorder.overdue).
     """
     rows = []
     with engine.connect() as conn:
+        late = overdue_counts(conn, now)
         for target in conn.execute(select(Target.id, Target.url).order_by(Target.url)):
             last = conn.execute(
                 select(Poll.id, Poll.sent_at, Poll.outcome, Poll.error)
@@ -414,6 +452,7 @@ def status(engine: Engine, now: datetime, max_age_s: float) -> list[dict[str, An
                     "failing_polls": failing or 0,
                     "quarantined": quarantined or 0,
                     "running_jobs": running or 0,
+                    "overdue": late.get(target.id, 0),
                     "recorded_by": holder,
                 }
             )

@@ -24,7 +24,8 @@ ALEMBIC = "alembic"
 SQLALCHEMY = "sqlalchemy"  # its ORM included
 # What no report needs: SQLAlchemy's ORM (every query is Core), and on SQLite the PostgreSQL
 # dialect, whose package loads every PostgreSQL driver's module.
-UNNEEDED = ("sqlalchemy.orm", "sqlalchemy.dialects.postgresql")
+# prometheus_client: only `run --metrics-port` serves metrics.
+UNNEEDED = ("sqlalchemy.orm", "sqlalchemy.dialects.postgresql", "prometheus_client")
 
 
 def imported(*args: str, cwd: Path) -> tuple[list[str], subprocess.CompletedProcess[str]]:
@@ -91,6 +92,7 @@ def current_db(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 READS = [
     ["jobs", "--limit", "1", "--format", "json"],
+    ["jobs", "--overdue", "--format", "json"],
     ["stats", "--format", "json"],
     ["gaps", "--format", "json"],
     ["status", "--format", "json"],
