@@ -455,9 +455,12 @@ def exact_time(ts: float) -> float:
     return to_datetime(ts).timestamp()
 
 
-# No example database: replaying examples saved by an earlier run (over another history, since
-# the rollups landed) stopped the whole suite with FlakyStrategyDefinition, in CI and with an
-# example database left over; without one, the property runs in the suite on both backends.
+# Run with `pytest -m slow`. After test_cli, test_docs and test_rollups in one session (not
+# alone, nor in the whole suite's order), Hypothesis stops it with FlakyStrategyDefinition ("the
+# second run stopped drawing earlier"), with or without an example database; the cause is not
+# found. tests/test_rollups.py's property compares every stats figure with the model over random
+# windows and groupings in the default suite meanwhile.
+@pytest.mark.slow
 @settings(
     max_examples=40,
     deadline=None,
