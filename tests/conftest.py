@@ -13,8 +13,9 @@ from hypothesis.internal.conjecture import providers
 from sqlalchemy import Engine
 
 from recorder import db
+from recorder.simulator import ManualClock
 from recorder.store import Store
-from tests import postgres, stats_model
+from tests import postgres, simulated, stats_model
 from tests.histories import record_history
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -130,3 +131,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         "PostgreSQL: {passed} tests passed, {failed} failed, {error} errors, "
         "{skipped} skipped".format(**counts)
     )
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """A manual clock at tests.simulated.T0, for the simulators that `serve` starts."""
+    return ManualClock(simulated.T0)
+
+
+@pytest.fixture
+def serve(clock: ManualClock) -> Iterator[simulated.Serve]:
+    """Start simulators on 127.0.0.1 with the manual clock; stop them all afterwards."""
+    with simulated.serving(clock) as make:
+        yield make

@@ -8,7 +8,6 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,8 +26,8 @@ from recorder.simulator import (
     format_started,
     serve_forever,
 )
+from tests.simulated import T0, Serve
 
-T0 = 1_700_000_000.0
 ID_RE = re.compile(r"^user:(\d+)-pixverse:(.+)-(\w+):(\d{9})$")
 STARTED_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 ELAPSED_RE = re.compile(r"^\d{2,}:[0-5]\d$")
@@ -40,11 +39,6 @@ def parse_started(text: str) -> float:
 
 def poll_times(start: float, stop: float, step: float) -> list[float]:
     return [start + i * step for i in range(int((stop - start) / step) + 1)]
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
 
 
 # --- world -------------------------------------------------------------------------------------
@@ -234,25 +228,6 @@ def get(url: str, token: str | None = "sim-token", path: str | None = None) -> A
         return Answer(response.status, dict(response.getheaders()), response.read())
     finally:
         conn.close()
-
-
-Serve = Callable[[SimConfig], Simulator]
-
-
-@pytest.fixture
-def serve(clock: ManualClock) -> Iterator[Serve]:
-    """Start simulators on 127.0.0.1 with the manual clock; stop them all afterwards."""
-    started: list[Simulator] = []
-
-    def make(config: SimConfig) -> Simulator:
-        sim = Simulator(config, clock)
-        sim.start()
-        started.append(sim)
-        return sim
-
-    yield make
-    for sim in started:
-        sim.stop()
 
 
 def test_url_is_local_and_includes_path(serve: Serve) -> None:

@@ -13,7 +13,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -35,9 +35,9 @@ from recorder.simulator import (
     TrueJob,
 )
 from recorder.snapshot import Item, Snapshot
+from tests.simulated import T0, Serve
 from tests.waiting import running, stop, wait_for
 
-T0 = 1_700_000_000.0
 NAMES = list(SERVICE_PATHS)
 # The Item fields each service's answer carries; the others must come out None.
 TIMED = {"started", "elapsed"}
@@ -104,30 +104,6 @@ def check_against_truth(name: str, snapshot: Snapshot, truth: list[TrueJob], now
             assert item.started is item.started_raw is None
         expected_elapsed = math.floor(now - job.start + 1e-6) if "elapsed" in carries else None
         assert item.elapsed_s == expected_elapsed
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(T0)
-
-
-Serve = Callable[[SimConfig], Simulator]
-
-
-@pytest.fixture
-def serve(clock: ManualClock) -> Iterator[Serve]:
-    """Start simulators on 127.0.0.1 with the manual clock; stop them all afterwards."""
-    started: list[Simulator] = []
-
-    def make(config: SimConfig) -> Simulator:
-        sim = Simulator(config, clock)
-        sim.start()
-        started.append(sim)
-        return sim
-
-    yield make
-    for sim in started:
-        sim.stop()
 
 
 # --- one service at a time ---------------------------------------------------------------------
