@@ -432,6 +432,8 @@ class RollupHourTable(Base):
     duration_max: Column[float | None] = Column(Double)
     wide: Column[int] = Column(Integer, nullable=False)  # of those, closed across a gap
     started: Column[int] = Column(Integer, nullable=False)  # finished jobs that started in the hour
+    # Of those, the sum of their shares of the missed-jobs estimate (recorder.missed).
+    missed: Column[float] = Column(Double, nullable=False, server_default="0")
     busy_s: Column[float] = Column(Double, nullable=False)  # their intervals' time within the hour
 
     __table_args__ = (Index("ix_rollup_hours_hour", "hour"),)

@@ -3,9 +3,10 @@
 Kept, whatever their age: failed polls (the record of outages); the polls a job's bounds
 refer to (its first and last listing polls, and every poll with a transition or an
 observation); the polls that end a gap and the successful poll before each (so `poll_gaps`,
-`closed_across_gap` and coverage stay the same); and each target's latest successful poll (a
-restarted daemon continues from it). What goes is the record of successful polls that changed
-nothing: they can no longer be listed or rebuilt one by one.
+`closed_across_gap` and coverage stay the same); the successful poll before each poll that
+first listed a job (the missed-jobs estimate reads the gap between them); and each target's
+latest successful poll (a restarted daemon continues from it). What goes is the record of
+successful polls that changed nothing: they can no longer be listed or rebuilt one by one.
 """
 
 from __future__ import annotations
@@ -85,12 +86,21 @@ def prune(engine: Engine, cutoff: datetime) -> Pruned:
 
 
 def _referenced() -> ColumnElement[bool]:
-    """SQL: this poll is referred to by a job, a transition or an observation."""
+    """SQL: this poll is referred to by a job, a transition or an observation, or is the
+    successful poll before one that first listed a job (recorder.missed reads their gap)."""
+    later = Poll.alias()
+    next_ok = (
+        select(func.min(later.id))
+        .where(later.target_id == Poll.target_id, later.id > Poll.id, succeeded(later))
+        .correlate(Poll)
+        .scalar_subquery()
+    )
     return or_(
         exists().where(Transition.poll_id == Poll.id),
         exists().where(Observation.poll_id == Poll.id),
         exists().where(Job.first_poll_id == Poll.id),
         exists().where(Job.last_poll_id == Poll.id),
+        exists().where(Job.first_poll_id == next_ok),
     )
 
 

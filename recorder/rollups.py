@@ -2,8 +2,9 @@
 
 A report over months would otherwise read every job. ``rollup_hours`` holds, per target, type,
 account and hour, what the stats add up: the jobs that ended in the hour (count, durations'
-count, sum and maximum, how many closed across a gap), the jobs that started in it, and the
-time their intervals spent in it. ``rollup_peaks`` holds, per hour and per group of every
+count, sum and maximum, how many closed across a gap), the jobs that started in it (and their
+shares of the missed-jobs estimate, recorder.missed), and the time their intervals spent in
+it. ``rollup_peaks`` holds, per hour and per group of every
 grouping the reports offer (by target or not, by type or not, by account or not), the most
 intervals open at once: a peak of a union is not the sum of its parts' peaks, but the peak over
 several hours is the largest of theirs.
@@ -35,6 +36,7 @@ from sqlalchemy import Connection, bindparam, delete, insert, select, text, upda
 
 from recorder.clock import LATEST, to_datetime
 from recorder.dialect import Dialect
+from recorder.missed import contribution_sql, previous_poll_join
 from recorder.models import (
     LONG_JOB_POSTGRESQL,
     LONG_JOB_S,
@@ -64,6 +66,7 @@ class Finished:
     duration: float | None
     wide: bool
     long: bool  # longer than LONG_JOB_S: out of the concurrency rollups
+    missed: float = 0.0  # its share of the missed-jobs estimate (recorder.missed)
 
 
 def hour_of(t: float) -> int:
@@ -125,7 +128,7 @@ def refresh(conn: Connection, hours: Iterable[int]) -> None:
 def hours_of(conn: Connection, job_ids: Sequence[int]) -> set[int]:
     """The hours the finished jobs among `job_ids` count in (to refresh once they changed)."""
     hours: set[int] = set()
-    for job in _by_ids(conn, job_ids):
+    for job in _by_ids(conn, job_ids, missed=False):
         hours |= touched(job)
     return hours
 
@@ -154,13 +157,15 @@ def add_finished(conn: Connection, job_ids: Sequence[int], done: set[int]) -> No
     _raise_peaks(conn, {k: v for k, v in raised.items() if k[1] not in done and v > 0})
 
 
-def _by_ids(conn: Connection, job_ids: Sequence[int]) -> list[Finished]:
-    """The finished jobs among `job_ids`."""
+def _by_ids(conn: Connection, job_ids: Sequence[int], *, missed: bool = True) -> list[Finished]:
+    """The finished jobs among `job_ids` (with their shares of the missed-jobs estimate)."""
     found: list[Finished] = []
     d = Dialect.of(conn)
     for start in range(0, len(job_ids), 500):
         chunk = list(job_ids[start : start + 500])
-        query = text(f"{_select(d)} WHERE j.id IN :ids AND j.status = '{JobStatus.FINISHED}'")
+        query = text(
+            f"{_select(d, missed=missed)} WHERE j.id IN :ids AND j.status = '{JobStatus.FINISHED}'"
+        )
         rows = conn.execute(query.bindparams(bindparam("ids", expanding=True)), {"ids": chunk})
         found.extend(_finished(rows))
     return found
@@ -209,6 +214,7 @@ def _add_sums(conn: Connection, added: dict[SumKey, dict[str, Any]]) -> None:
                 "duration_max": _larger(old.duration_max, row["duration_max"]),
                 "wide": old.wide + row["wide"],
                 "started": old.started + row["started"],
+                "missed": old.missed + row["missed"],
                 "busy_s": old.busy_s + row["busy_s"],
             }
         )
@@ -290,13 +296,17 @@ def _runs(hours: list[int]) -> Iterator[tuple[int, int]]:
         yield start, prev
 
 
-def _select(d: Dialect) -> str:
+def _select(d: Dialect, *, missed: bool = False) -> str:
+    """SELECT finished jobs `j` as `_finished` reads them; with `missed`, their share of the
+    missed-jobs estimate too (two more reads of polls per job: not for the peaks' reads)."""
+    share = f"{contribution_sql(d, 'j.duration_min_s')} AS missed" if missed else "0.0 AS missed"
+    joins = previous_poll_join() if missed else ""
     return f"""
         SELECT j.id AS id, j.target_id AS target_id, j.type AS type, j.account AS account,
                {d.epoch("j.start_at")} AS s, {d.epoch("j.end_at")} AS e,
                j.duration_s AS duration, j.closed_across_gap AS wide,
-               CASE WHEN {long_job_sql(d)} THEN 1 ELSE 0 END AS long
-        FROM jobs j"""
+               CASE WHEN {long_job_sql(d)} THEN 1 ELSE 0 END AS long, {share}
+        FROM jobs j{joins}"""
 
 
 def _finished(rows: Iterable[Any]) -> Iterator[Finished]:
@@ -313,6 +323,7 @@ def _finished(rows: Iterable[Any]) -> Iterator[Finished]:
             None if row.duration is None else float(row.duration),
             bool(row.wide),
             bool(row.long),
+            float(row.missed or 0.0),
         )
 
 
@@ -339,7 +350,7 @@ def _jobs_for(conn: Connection, first: int, last: int) -> list[Finished]:
         f"j.end_at >= :lo AND j.end_at <= :reach AND {d.no_index('j.start_at')} {before} :hi",
         f"j.end_at >= :lo AND j.end_at {before} :hi AND {d.no_index('j.start_at')} >= :hi",
     ):
-        query = text(f"{_select(d)} WHERE {condition} AND {status}").bindparams(
+        query = text(f"{_select(d, missed=True)} WHERE {condition} AND {status}").bindparams(
             *(
                 bindparam(name, value, type_=UTCDateTime())
                 for name, value in times.items()
@@ -397,6 +408,7 @@ def sums(jobs: Iterable[Finished], first: int, last: int) -> dict[SumKey, dict[s
                 "duration_max": None,
                 "wide": 0,
                 "started": 0,
+                "missed": 0.0,
                 "busy_s": 0.0,
             }
         return found[key]
@@ -412,7 +424,9 @@ def sums(jobs: Iterable[Finished], first: int, last: int) -> dict[SumKey, dict[s
                 counted["duration_sum"] += job.duration
                 counted["duration_max"] = _larger(counted["duration_max"], job.duration)
         if first <= start_hour <= last:
-            row(job, start_hour)["started"] += 1
+            started = row(job, start_hour)
+            started["started"] += 1
+            started["missed"] += job.missed
         for hour, lo, hi in _hour_pieces(job, first, last):
             row(job, hour)["busy_s"] += hi - lo
     return found

@@ -19,6 +19,9 @@ Definitions (docs/stats.md has them for users):
   coverage is their mean: grouped by ``target`` or ``service``, that of the group's own targets.
 * Grouped by ``target``, a group is one target, shown by its name; by ``service``, the targets
   of one service together.
+* ``missed_estimate``: jobs that probably ran unseen between two polls, a Horvitz-Thompson
+  estimate over the jobs that started in the window and were seen in covered time
+  (recorder.missed; docs/stats.md).
 * Grouped by ``account`` (among other keys or not), each group also gets its account's capacity
   from /scheduler/available, over the group's targets and window (`capacity_figures`):
   ``max_jobs``, ``utilization`` and ``saturated_share``.
@@ -34,7 +37,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, func, select, text
 
-from recorder import rollups, targets
+from recorder import missed, rollups, targets
 from recorder.clock import LATEST, to_datetime
 from recorder.dialect import Dialect
 from recorder.models import (
@@ -166,6 +169,12 @@ class Group:
     longest_gap_s: float = 0.0
     histogram: list[tuple[float, float | None, int]] = field(default_factory=list)
     capacity: CapacityFigures | None = None  # grouped by account only
+    missed_shares: float = 0.0  # the sum of its jobs' shares of the missed-jobs estimate
+
+    @property
+    def missed_estimate(self) -> float:
+        """How many jobs probably ran unseen between two polls (recorder.missed)."""
+        return missed.estimate(self.missed_shares)
 
     @property
     def hours(self) -> float:
@@ -217,13 +226,18 @@ def compute(engine: Engine, query: StatsQuery) -> Report:
         for part, params in _parts(sql, split.edges):
             for row in conn.execute(part.started(), params):
                 groups.at(row._mapping).started += row.n
+            for row in conn.execute(part.missed(), params):
+                groups.at(row._mapping).missed_shares += float(row.shares or 0.0)
         if split.hours is not None:
             params = sql.hour_params(split.hours)
             for row in conn.execute(sql.rollup_counts(), params):
                 if row.started:
                     groups.at(row._mapping).started += int(row.started)
+                    groups.at(row._mapping).missed_shares += float(row.missed or 0.0)
             for row in conn.execute(sql.started(JobStatus.RUNNING), params):
                 groups.at(row._mapping).started += row.n
+            for row in conn.execute(sql.missed(JobStatus.RUNNING), params):
+                groups.at(row._mapping).missed_shares += float(row.shares or 0.0)
         for row in conn.execute(sql.running(), sql.params()):
             groups.add_running(row._mapping)
         _concurrency(conn, sql, split, groups)
@@ -922,6 +936,26 @@ class _Sql:
             {group}
         """)
 
+    def missed(self, status: JobStatus | None = None) -> Any:
+        """The shares of the missed-jobs estimate of the jobs (of `status`, or all) that started
+        in the window, per group (recorder.missed). A running job's duration lower bound is
+        its age at its target's latest successful poll."""
+        exprs, names = self._keys("j.start_at")
+        group = f"GROUP BY {names}" if names else ""
+        only = "" if status is None else f" AND {self._status(status)}"
+        d = self.d
+        latest_id = latest_ok_sql("j.target_id")
+        latest = f"(SELECT {d.epoch('l.sent_at')} FROM polls l WHERE l.id = {latest_id})"
+        lower = f"COALESCE(j.duration_min_s, {latest} - {d.epoch('j.start_at')})"
+        jobs = self._running_jobs() if status == JobStatus.RUNNING else "jobs j"
+        return self._text(f"""
+            SELECT {exprs + ", " if exprs else ""}SUM({missed.contribution_sql(d, lower)}) AS shares
+            FROM {jobs}{missed.previous_poll_join()}
+            WHERE {self._time("j.start_at")} >= :since_ts AND {self._time("j.start_at")} < :until_ts
+                  {self._target("j.target_id")}{only}
+            {group}
+        """)
+
     # The rollups (recorder.rollups): whole hours, summed per group and time bucket.
 
     def hour_params(self, hours: tuple[int, int]) -> dict[str, Any]:
@@ -963,7 +997,7 @@ class _Sql:
         return text(f"""
             SELECT {keys}r.type AS k_type, SUM(r.finished) AS n, SUM(r.timed) AS timed,
                    SUM(r.duration_sum) AS total, MAX(r.duration_max) AS max,
-                   SUM(r.wide) AS wide, SUM(r.started) AS started
+                   SUM(r.wide) AS wide, SUM(r.started) AS started, SUM(r.missed) AS missed
             FROM rollup_hours r WHERE {where}
             {group}{", r.type" if group else "GROUP BY r.type"}
         """)

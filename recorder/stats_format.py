@@ -46,6 +46,7 @@ def group_json(group: Group, histogram: bool) -> dict[str, Any]:
         "coverage": round(group.coverage, 6),
         "gaps": group.gaps,
         "longest_gap_s": round(group.longest_gap_s, 3),
+        "missed_estimate": round(group.missed_estimate, 1),
     }
     if group.capacity is not None:  # grouped by account
         capacity = group.capacity
@@ -116,6 +117,7 @@ def write_table(report: Report, out: IO[str], histogram: bool = False) -> None:
             "coverage": f"{group.coverage:.1%}",
             "gaps": group.gaps,
             "longest_gap": human_duration(group.longest_gap_s) if group.gaps else "",
+            "missed": f"{group.missed_estimate:.0f}",
         }
         if group.capacity is not None:
             row |= _capacity_cells(group.capacity)

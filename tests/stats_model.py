@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from recorder.missed import MISSED_AGE_S
 from recorder.models import Job, Poll, Target
 from recorder.stats import HISTOGRAM_EDGES, TIME_KEYS
 
@@ -30,6 +31,11 @@ class Truth:
     coverage: float = 0.0
     gaps: int = 0
     longest_gap: float = 0.0
+    seen: int = 0  # jobs that started in the window, first listed in covered time
+    weight: float = 0.0  # the sum of 1 / p over those that are sampled
+
+    def missed(self) -> float:
+        return max(0.0, self.weight - self.seen)
 
     def percentile(self, p: int) -> float | None:
         ordered = sorted(self.durations)
@@ -98,6 +104,9 @@ def compute(
             groups[(b0,) if by else ()] = Truth(lo, hi)
 
     latest = _latest_ok(polls)
+    by_id = {p.id: p for p in polls}
+    latest_sent = _latest_ok_sent(polls)
+    previous_ok = _previous_ok(polls)
     for job in jobs:
         start = job.start_at.timestamp()
         end = job.end_at.timestamp() if job.end_at is not None else None
@@ -107,6 +116,13 @@ def compute(
             g.wide += int(job.closed_across_gap)
         if since <= start < until:
             group(job, start).started += 1
+            first = by_id[job.first_poll_id]
+            prev = previous_ok.get(first.id)
+            if not first.after_gap and prev is not None:
+                g = group(job, start)
+                g.seen += 1
+                p = _p(job, first, prev, latest_sent[job.target_id])
+                g.weight += 1 / p if p else 0.0
         if job.status == "running":
             if size is None:
                 group(job, None).running += 1
@@ -130,6 +146,38 @@ def compute(
         )
         truth.coverage, truth.gaps, truth.longest_gap = _coverage(chosen, *windows[b0])
     return groups
+
+
+def _previous_ok(polls: list[Any]) -> dict[int, Any]:
+    """Each poll's id: its target's latest successful poll before it (if any)."""
+    found: dict[int, Any] = {}
+    last: dict[int, Any] = {}
+    for poll in polls:  # in id order
+        if poll.target_id in last:
+            found[poll.id] = last[poll.target_id]
+        if poll.outcome == "ok":
+            last[poll.target_id] = poll
+    return found
+
+
+def _latest_ok_sent(polls: list[Any]) -> dict[int, float]:
+    latest: dict[int, float] = {}
+    for poll in polls:
+        if poll.outcome == "ok":
+            latest[poll.target_id] = poll.sent_at.timestamp()
+    return latest
+
+
+def _p(job: Any, first: Any, prev: Any, latest_sent: float) -> float:
+    """The probability that the job was to be sampled, by its definition (docs/stats.md)."""
+    gap = first.sent_at.timestamp() - prev.sent_at.timestamp()
+    start = job.start_at.timestamp()
+    lower = job.duration_min_s if job.duration_min_s is not None else latest_sent - start
+    if gap <= 0 or lower + first.latency_s >= gap:
+        return 1.0  # as long as the gap: it could not slip between the two polls
+    if first.sent_at.timestamp() - start >= MISSED_AGE_S:
+        return 0.0  # not in the sample
+    return min(1.0, (MISSED_AGE_S + first.latency_s / 2) / gap)
 
 
 def _spans(since: float, until: float, size: int | None) -> list[tuple[float, float, float]]:

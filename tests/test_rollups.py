@@ -371,7 +371,16 @@ def test_a_close_reads_its_jobs_by_id(engine: Engine) -> None:
             transaction.rollback()
 
     by_id = [plan for sql, plan in planned(engine, close) if "j.id IN" in sql]
-    assert by_id == ["SEARCH j USING INTEGER PRIMARY KEY (rowid=?)"] * 2
+    # The close reads too the polls its jobs' shares of the missed-jobs estimate need: by key.
+    polls = (
+        " / SEARCH f USING INTEGER PRIMARY KEY (rowid=?) LEFT-JOIN"
+        " / SEARCH prev USING INTEGER PRIMARY KEY (rowid=?) LEFT-JOIN"
+        " / CORRELATED SCALAR SUBQUERY 1"
+        " / SEARCH q USING COVERING INDEX ix_polls_target_outcome_id"
+        " (target_id=? AND outcome=? AND id<?)"
+    )
+    by_key = "SEARCH j USING INTEGER PRIMARY KEY (rowid=?)"
+    assert by_id == [by_key, by_key + polls]
 
 
 def test_reports_use_the_rollups(engine: Engine) -> None:
