@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from recorder.capacity import CapacityReader
     from recorder.client import SchedulerClient
     from recorder.config_file import TargetConfig
-    from recorder.daemon import Daemon
+    from recorder.daemon import Daemon, Recording
+    from recorder.metrics import TargetMetrics
     from recorder.pipeline import Pipeline
     from recorder.secret import Secret
     from recorder.services import Service
@@ -86,8 +87,13 @@ class State:
 pass_state = click.make_pass_decorator(State)
 
 
-def _setup_logging(verbosity: int, fmt: LogFormat) -> None:
-    setup(verbosity, fmt=fmt)  # one line (or JSON object) per event, API text escaped
+def _setup_logging(verbosity: int, fmt: LogFormat, path: Path | None) -> None:
+    try:
+        setup(
+            verbosity, fmt=fmt, path=path
+        )  # one line (or JSON object) per event, API text escaped
+    except OSError as exc:
+        raise click.ClickException(f"cannot open the log file {path}: {exc.strerror}") from None
 
 
 class ConfigFileError(click.ClickException):
@@ -125,10 +131,22 @@ def _user_errors() -> Iterator[None]:
     help="The log on stderr: text lines, or one JSON object per line (time, level, message, "
     "target).",
 )
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PATH",
+    help="Append the log to this file instead of stderr; `recorder run` opens it again on "
+    "SIGHUP (for logrotate).",
+)
 @click.version_option(__version__, prog_name="recorder")
 @click.pass_context
 def cli(
-    ctx: click.Context, db_url: str | None, verbose: int, quiet: bool, log_format: LogFormat
+    ctx: click.Context,
+    db_url: str | None,
+    verbose: int,
+    quiet: bool,
+    log_format: LogFormat,
+    log_file: Path | None,
 ) -> None:
     """Record the job history of a useapi.net scheduler endpoint.
 
@@ -142,7 +160,7 @@ def cli(
     if ctx.invoked_subcommand != "run":
         # Only the daemon stops gracefully; every other command stops as any program does.
         STOP.release()
-    _setup_logging(-1 if quiet else verbose, log_format)
+    _setup_logging(-1 if quiet else verbose, log_format, log_file)
     ctx.obj = State(db_url)
     ctx.call_on_close(ctx.obj.close)
 
@@ -289,7 +307,9 @@ def run(
 
     With --config, every target of the file, each on its own schedule: a slow or failing
     target never delays another. Logs one line per job transition and per change of health,
-    each starting with the target's [name] (its URL without --config).
+    each starting with the target's [name] (its URL without --config). SIGHUP opens --log-file
+    again and reloads the --config file: added targets start, removed ones stop, changed ones
+    restart, and the others poll on untouched; a file that fails its checks changes nothing.
 
     Example:
 
@@ -301,59 +321,113 @@ def run(
     if metrics_port is None and ctx.get_parameter_source("metrics_host") != ParameterSource.DEFAULT:
         raise click.UsageError("--metrics-host needs --metrics-port")
     with ExitStack() as clients:
-        readers: list[CapacityReader] = []
+        # Each daemon's figures join this list as it is made (on SIGHUP too).
+        exported: list[TargetMetrics] | None = [] if metrics_port is not None else None
+        reloader: _ConfigTargets | None = None
         if config_file is None:
-            daemons = [_url_daemon(state, url, token_file, timeout, insecure, interval, clients)]
+            daemon = _url_daemon(state, url, token_file, timeout, insecure, interval, clients)
+            if exported is not None:
+                daemon.metrics = _metrics(exported)
+            recordings: list[Daemon | Recording] = [daemon]
         else:
             targets = _targets(config_file, timeout, insecure, ("url", "token_file", "interval"))
-            daemons = [_target_daemon(state, target, clients) for target in targets]
-            readers = [
-                reader
-                for target, daemon in zip(targets, daemons, strict=True)
-                if (reader := _capacity_reader(target, daemon, clients, insecure)) is not None
-            ]
+            reloader = _ConfigTargets(state, config_file, timeout, insecure, exported)
             engine = db.masked(str(state.engine().url))
             log.info("recording %d target(s) of %s into %s", len(targets), config_file, engine)
+            recordings = []
             for target in targets:
-                log.info(
-                    "[%s] recording %s (%s) every %gs",
-                    target.name,
-                    target.url,
-                    target.service.name,
-                    target.interval,
-                    extra=about(target.name),
-                )
-            for reader in readers:
-                log.info(
-                    "[%s] reading %s every %gs",
-                    reader.name,
-                    reader.client.url,
-                    reader.interval,
-                    extra=about(reader.name),
-                )
-        if metrics_port is not None:
-            _serve_metrics(daemons, metrics_host, metrics_port, clients)
+                recording = reloader.build(target.name, target)
+                clients.callback(recording.close)
+                recordings.append(recording)
+        if metrics_port is not None and exported is not None:
+            _serve_metrics(exported, metrics_host, metrics_port, clients)
         try:
-            run_daemons(daemons, side_tasks=readers)
+            run_daemons(recordings, reloader=reloader)
         except db.DatabaseError as exc:
             raise click.ClickException(str(exc)) from None
     log.info("stopped")
 
 
-def _serve_metrics(daemons: list[Daemon], host: str, port: int, clients: ExitStack) -> None:
-    """Keep each daemon's figures and serve them on `host`:`port` until `clients` closes."""
+class _ConfigTargets:
+    """The targets of a --config file, read again on SIGHUP (recorder.daemon.Reloader)."""
+
+    def __init__(
+        self,
+        state: State,
+        path: Path,
+        timeout: float,
+        insecure: bool,
+        exported: list[TargetMetrics] | None,
+    ) -> None:
+        self.state, self.path, self.timeout, self.insecure = state, path, timeout, insecure
+        self.exported = exported
+
+    def targets(self) -> dict[str, object]:
+        """Each target of the file as it is now, by name; ReloadRefused if it is unusable."""
+        from recorder.config_file import load_targets
+        from recorder.daemon import ReloadRefused
+
+        try:
+            found = load_targets(self.path, insecure=self.insecure, default_timeout=self.timeout)
+        except ConfigError as exc:
+            raise ReloadRefused(str(exc)) from None
+        return {target.name: target for target in found}
+
+    def build(self, name: str, settings: object) -> Recording:
+        """The daemon of one target and its capacity reader, not started; logs what it will do."""
+        from recorder.config_file import TargetConfig
+        from recorder.daemon import Recording
+
+        assert isinstance(settings, TargetConfig)
+        assert settings.name == name
+        target = settings
+        with ExitStack() as clients:
+            daemon = _target_daemon(self.state, target, clients)
+            reader = _capacity_reader(target, daemon, clients, self.insecure)
+            owned = clients.pop_all()
+        if self.exported is not None:
+            daemon.metrics = _metrics(self.exported)
+        log.info(
+            "[%s] recording %s (%s) every %gs",
+            target.name,
+            target.url,
+            target.service.name,
+            target.interval,
+            extra=about(target.name),
+        )
+        if reader is not None:
+            log.info(
+                "[%s] reading %s every %gs",
+                reader.name,
+                reader.client.url,
+                reader.interval,
+                extra=about(reader.name),
+            )
+        side = [] if reader is None else [reader]
+        return Recording(daemon, side, settings=target, close=owned.close)
+
+
+def _serve_metrics(exported: list[TargetMetrics], host: str, port: int, clients: ExitStack) -> None:
+    """Serve the figures in `exported` (each daemon's, appended as it is made) on
+    `host`:`port` until `clients` closes."""
     # Imported here: only `run --metrics-port` loads prometheus_client.
     from recorder.exporter import Exporter
-    from recorder.metrics import TargetMetrics
 
-    for daemon in daemons:
-        daemon.metrics = TargetMetrics()
     try:
-        exporter = Exporter([d.metrics for d in daemons if d.metrics is not None], host, port)
+        exporter = Exporter(exported, host, port)
     except OSError as exc:
         raise click.ClickException(f"cannot serve metrics on {host}:{port}: {exc}") from None
     clients.callback(exporter.close)
     log.info("serving metrics at http://%s:%d/metrics", host, exporter.port)
+
+
+def _metrics(exported: list[TargetMetrics]) -> TargetMetrics:
+    """A daemon's figures, added to those exported (a stopped daemon's are forgotten)."""
+    from recorder.metrics import TargetMetrics
+
+    metrics = TargetMetrics()
+    exported.append(metrics)
+    return metrics
 
 
 def _url_daemon(
@@ -933,6 +1007,9 @@ def status(state: State, fmt: str | None, max_age: float) -> None:
     """Show each target's health; exit 1 when any target is unhealthy (for monitoring).
 
     A target is healthy when its latest poll succeeded and is at most --max-age seconds old.
+    Per target: its name and service, the age of its latest successful poll, its failure
+    streak and last error, its running and overdue jobs, the server clock's offset, and which
+    recorder holds it. JSON adds the URL (target), the latest poll's time and outcome.
 
     Example:
 
@@ -941,7 +1018,12 @@ def status(state: State, fmt: str | None, max_age: float) -> None:
     from recorder import reports
 
     rows = reports.status(state.reader(), _now(), max_age)
-    render(rows, fmt or default_format(), sys.stdout, reports.STATUS_FIELDS)
+    fmt = fmt or default_format()
+    if fmt == "table":
+        shown = [reports.status_table_row(row) for row in rows]
+        render(shown, fmt, sys.stdout, reports.STATUS_TABLE_COLUMNS)
+    else:
+        render(rows, fmt, sys.stdout, reports.STATUS_FIELDS)
     if not rows or not all(row["healthy"] for row in rows):
         sys.exit(1)
 

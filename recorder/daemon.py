@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -21,7 +23,7 @@ from recorder.db import DatabaseGone, one_line
 from recorder.gaps import gap_threshold
 from recorder.inference import Closed, Opened, Reopened
 from recorder.lease import LeaseLost, RecordingLease
-from recorder.logs import about
+from recorder.logs import about, reopen
 from recorder.metrics import TargetMetrics
 from recorder.output import human_duration
 from recorder.overdue import REFRESH_S, OverdueWatch, age_floor
@@ -31,6 +33,9 @@ from recorder.stopping import STOP
 
 __all__ = [
     "Daemon",
+    "Recording",
+    "ReloadRefused",
+    "Reloader",
     "SideTask",
     "TargetBusy",
     "gap_threshold",
@@ -140,7 +145,9 @@ class Daemon:
         self._source = pipeline.source
         pipeline.source = self._poll  # a poll that returns after a stop request is not recorded
         self.abort = abort
+        self.name = name
         self.log = _TargetLog(name)
+        self._stopped = False  # told to stop alone (its target left the config), see stop()
         self.fatal: Exception | None = None  # why the daemon stopped on its own, if it did
         self.interval = interval
         self.monotonic = monotonic
@@ -161,7 +168,7 @@ class Daemon:
 
     def tick(self) -> Recorded | None:
         """One scheduled run: poll and record, unless standing by or backing off. Never raises."""
-        if not self._hold():
+        if self._stopped or not self._hold():
             return None
         self._load_metrics()
         if self.monotonic() < self._not_before:
@@ -200,9 +207,16 @@ class Daemon:
 
     def _poll(self) -> PollResult:
         result = self._source()
-        if STOP.requested:
+        if STOP.requested or self._stopped:
             raise _Stopping
         return result
+
+    def stop(self) -> None:
+        """Stop this daemon alone: no more polls, and the one in flight is cut short and not
+        recorded. Safe from any thread; `release` the lease once its tick has returned."""
+        self._stopped = True
+        if self.abort is not None:
+            self.abort()
 
     def _lose(self, why: str) -> None:
         self.log.warning("stopped recording: %s; standing by", why)
@@ -401,20 +415,48 @@ class Daemon:
             self.log.info("vanished   %s", _describe_closed(closed))
 
     def run(self, stop_after: float | None = None) -> None:
-        """Poll until SIGINT, SIGTERM or SIGHUP (or `stop_after` seconds): see run_daemons.
+        """Poll until SIGINT or SIGTERM (or `stop_after` seconds): see run_daemons.
 
         Raises the error that made the daemon stop on its own (the database file vanished).
         """
         run_daemons([self], stop_after)
 
 
+@dataclass(eq=False)
+class Recording:
+    """One target's work under run_daemons: its daemon, the tasks beside it (a capacity reader),
+    the settings it runs with, and what to close once it has stopped (its clients)."""
+
+    daemon: Daemon
+    side_tasks: Sequence[SideTask] = ()
+    settings: object = None  # compared on reload: equal settings leave the target running
+    close: Callable[[], None] = field(default=lambda: None)
+
+
+class ReloadRefused(Exception):
+    """The config file cannot be used as it is now: one line, never a token."""
+
+
+class Reloader(Protocol):
+    """Where SIGHUP reads the targets again (recorder.cli: the --config file)."""
+
+    def targets(self) -> Mapping[str, object]:
+        """Each target's settings by name, as the file says now; ReloadRefused if unusable."""
+        ...
+
+    def build(self, name: str, settings: object) -> Recording:
+        """The recording of the target `name`, not started."""
+        ...
+
+
 def run_daemons(
-    daemons: Sequence[Daemon],
+    daemons: Sequence[Daemon | Recording],
     stop_after: float | None = None,
     side_tasks: Sequence[SideTask] = (),
+    reloader: Reloader | None = None,
 ) -> None:
-    """Poll every daemon's target on its own schedule until SIGINT, SIGTERM or SIGHUP (or
-    `stop_after` seconds).
+    """Poll every daemon's target on its own schedule until SIGINT or SIGTERM (or `stop_after`
+    seconds).
 
     Each daemon ticks on an executor of its own, one thread: a target whose server is slow or
     down holds up only its own polls, never another's. A signal is only recorded by its handler
@@ -424,56 +466,35 @@ def run_daemons(
     lease. A signal that came during start-up stops the daemons at once. Raises the error that
     made a daemon stop them all on its own (the database file vanished).
 
-    Each of `side_tasks` (a target's capacity reads) runs on an executor of its own too, so
-    that a slow one delays no poll; it first runs a second after the start, and is cut
-    short with the polls on stop.
-    """
-    executors = {
-        f"target-{index}": ThreadPoolExecutor(
-            max_workers=1, pool_kwargs={"thread_name_prefix": f"recorder-poll-{index}"}
-        )
-        for index in range(len(daemons))
-    }
-    for index in range(len(side_tasks)):
-        executors[f"side-{index}"] = ThreadPoolExecutor(
-            max_workers=1, pool_kwargs={"thread_name_prefix": f"recorder-side-{index}"}
-        )
-    scheduler = BlockingScheduler(executors=executors, timezone=UTC)
-    for index, daemon in enumerate(daemons):
-        scheduler.add_job(
-            daemon.tick,
-            IntervalTrigger(seconds=daemon.interval, timezone=UTC),
-            id=f"poll-{index}",
-            executor=f"target-{index}",
-            next_run_time=datetime.now(UTC),
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=max(1, int(daemon.interval)),
-        )
-    for index, task in enumerate(side_tasks):
-        scheduler.add_job(
-            task.tick,
-            IntervalTrigger(seconds=task.interval, timezone=UTC),
-            id=f"side-{index}",
-            executor=f"side-{index}",
-            # Soon after the start, when the first polls have found their targets' ids.
-            next_run_time=datetime.now(UTC) + timedelta(seconds=min(task.interval, 1.0)),
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=max(1, int(task.interval)),
-        )
+    Each of `side_tasks` (and of a recording's) runs on an executor of its own too, so that a
+    slow one delays no poll; it first runs a second after the start, and is cut short with the
+    polls on stop.
 
-    def abort_all() -> None:
-        for daemon in daemons:
-            if daemon.abort is not None:
-                daemon.abort()
-        for task in side_tasks:
-            task.abort()
+    SIGHUP, noticed by the same monitor, opens the log file again (recorder.logs.reopen) and,
+    with a `reloader`, applies the targets it reads now (see _Fleet.reload): a target whose
+    settings are unchanged keeps running untouched, its schedule and its lease.
+    """
+    scheduler = BlockingScheduler(timezone=UTC)
+    fleet = _Fleet(scheduler, side_tasks)
+    for each in daemons:
+        fleet.start(each if isinstance(each, Recording) else Recording(each))
+
+    def hangup() -> None:
+        try:
+            reopened = reopen()
+        except OSError as exc:
+            log.error("SIGHUP: cannot open the log file again: %s", exc)
+        else:
+            if reopened:
+                log.info("SIGHUP: log file opened again")
+        if reloader is not None:
+            fleet.reload(reloader)
 
     done = threading.Event()
     monitor = threading.Thread(
         target=_monitor,
-        args=(scheduler, abort_all, done),
+        args=(scheduler, fleet.abort_all, done),
+        kwargs={"on_hangup": hangup},
         name="recorder-monitor",
         daemon=True,
     )
@@ -485,19 +506,155 @@ def run_daemons(
         if not STOP.requested:
             scheduler.start()
         log.info("stopping (%s): finishing the write in progress", ", ".join(STOP.requested))
-        for executor in executors.values():
-            executor.shutdown(wait=True)
-        for daemon in daemons:
-            daemon.release()
+        fleet.shutdown()
     finally:
         done.set()
         monitor.join()
         if stop_after:
             signal.setitimer(signal.ITIMER_REAL, 0)
         STOP.uninstall()
-    fatal = next((daemon.fatal for daemon in daemons if daemon.fatal is not None), None)
+    fatal = next((daemon.fatal for daemon in fleet.daemons if daemon.fatal is not None), None)
     if fatal is not None:
         raise fatal
+
+
+@dataclass
+class _Slot:
+    """Where a recording runs on the scheduler: its executors' aliases and its jobs' ids."""
+
+    executors: list[str] = field(default_factory=list)
+    jobs: list[str] = field(default_factory=list)
+
+
+class _Fleet:
+    """The recordings on one scheduler, by target name: each started on executors of its own,
+    and each stopped alone (SIGHUP) or with all the others (stop)."""
+
+    def __init__(self, scheduler: BlockingScheduler, side_tasks: Sequence[SideTask]) -> None:
+        """Nothing recorded yet; `side_tasks`, of no target, run from the start to the stop."""
+        self.scheduler = scheduler
+        self.recordings: dict[str, Recording] = {}
+        self.daemons: list[Daemon] = []  # every one that ran, for the error that stopped one
+        self.side_tasks = side_tasks
+        self._slots: dict[str | None, _Slot] = {None: _Slot()}  # by name; None: side_tasks'
+        self._numbers = itertools.count()
+        self._add_side_tasks(side_tasks, self._slots[None], "x")
+
+    def start(self, recording: Recording) -> None:
+        """Poll the recording's target from now on, and run its side tasks."""
+        daemon = recording.daemon
+        number = next(self._numbers)
+        name = daemon.name if daemon.name is not None else f"#{number}"
+        slot = self._slots[name] = _Slot()
+        alias = self._executor(slot, f"target-{number}", f"recorder-poll-{number}")
+        self.scheduler.add_job(
+            daemon.tick,
+            IntervalTrigger(seconds=daemon.interval, timezone=UTC),
+            id=f"poll-{number}",
+            executor=alias,
+            next_run_time=datetime.now(UTC),
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=max(1, int(daemon.interval)),
+        )
+        slot.jobs.append(f"poll-{number}")
+        self.recordings[name] = recording
+        self.daemons.append(daemon)
+        self._add_side_tasks(recording.side_tasks, slot, str(number))
+
+    def _add_side_tasks(self, tasks: Sequence[SideTask], slot: _Slot, prefix: str) -> None:
+        for index, task in enumerate(tasks):
+            key = f"{prefix}-{index}"
+            alias = self._executor(slot, f"side-{key}", f"recorder-side-{key}")
+            self.scheduler.add_job(
+                task.tick,
+                IntervalTrigger(seconds=task.interval, timezone=UTC),
+                id=f"side-{key}",
+                executor=alias,
+                # Soon after the start, when the first polls have found their targets' ids.
+                next_run_time=datetime.now(UTC) + timedelta(seconds=min(task.interval, 1.0)),
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=max(1, int(task.interval)),
+            )
+            slot.jobs.append(f"side-{key}")
+
+    def _executor(self, slot: _Slot, alias: str, thread_name: str) -> str:
+        pool = {"thread_name_prefix": thread_name}
+        self.scheduler.add_executor(ThreadPoolExecutor(max_workers=1, pool_kwargs=pool), alias)
+        slot.executors.append(alias)
+        return alias
+
+    def abort_all(self) -> None:
+        """Cut every poll and side task in flight short: the recorder is stopping."""
+        for recording in self.recordings.values():
+            if recording.daemon.abort is not None:
+                recording.daemon.abort()
+            for task in recording.side_tasks:
+                task.abort()
+        for task in self.side_tasks:
+            task.abort()
+
+    def stop(self, name: str) -> None:
+        """Stop one target alone: its jobs leave the schedule, its poll in flight is cut short
+        and not recorded, the write in progress finishes, and its lease is released."""
+        recording = self.recordings.pop(name)
+        recording.daemon.stop()
+        for task in recording.side_tasks:
+            task.abort()
+        slot = self._slots.pop(name)
+        for job in slot.jobs:
+            with suppress(Exception):  # JobLookupError: it was removed already
+                self.scheduler.remove_job(job)
+        for alias in slot.executors:
+            self.scheduler.remove_executor(alias, shutdown=True)  # waits for the run in flight
+        recording.daemon.release()
+        if recording.daemon.metrics is not None:
+            recording.daemon.metrics.forget()  # no longer exported
+        recording.close()
+
+    def reload(self, reloader: Reloader) -> None:
+        """Apply the targets the reloader reads now: the removed and the changed ones stop (and
+        release their leases), then the changed and the added ones start; the others run on
+        untouched, not one poll lost or delayed. A file that cannot be used changes nothing."""
+        try:
+            wanted = reloader.targets()
+        except ReloadRefused as exc:
+            log.error("SIGHUP: config file not reloaded, the targets run on as they were: %s", exc)
+            return
+        running = self.recordings
+        changed = [n for n in running if n in wanted and wanted[n] != running[n].settings]
+        removed = [n for n in running if n not in wanted]
+        added = [n for n in wanted if n not in running]
+        unchanged = len(running) - len(changed) - len(removed)
+        for name in [*removed, *changed]:
+            self.stop(name)
+            why = "removed from" if name in removed else "changed in"
+            log.info("[%s] stopped: %s the config file", name, why, extra=about(name))
+        for name in [n for n in wanted if n in changed or n in added]:
+            try:
+                self.start(reloader.build(name, wanted[name]))
+            except Exception as exc:  # one target that cannot start stops no other
+                log.error("[%s] cannot start: %s", name, _describe(exc), extra=about(name))
+        log.info(
+            "SIGHUP: config file reloaded: %d target(s) added, %d changed, %d removed, "
+            "%d unchanged",
+            len(added),
+            len(changed),
+            len(removed),
+            unchanged,
+        )
+
+    def shutdown(self) -> None:
+        """After the scheduler stopped: let the runs in flight finish, then give up the leases
+        and close the clients."""
+        for slot in self._slots.values():
+            for alias in slot.executors:
+                with suppress(Exception):  # KeyError: never started (a stop during start-up)
+                    self.scheduler.remove_executor(alias, shutdown=True)
+        for recording in self.recordings.values():
+            recording.daemon.release()
+            recording.close()
 
 
 def _monitor(
@@ -505,14 +662,17 @@ def _monitor(
     on_stop: Callable[[], None],
     done: threading.Event,
     steady_clock: Callable[[], SteadyClock] = SteadyClock,
+    on_hangup: Callable[[], None] | None = None,
 ) -> None:
-    """Stop the scheduler when a signal asked for it; re-time it when the host clock steps.
+    """Stop the scheduler when a signal asked for it; call `on_hangup` (on this thread, never
+    in the handler) after each SIGHUP; re-time the scheduler when the host clock steps.
 
     APScheduler times its runs on the wall clock: after a step back of an hour it would wait an
     hour for the next poll. Waiting here is on the monotonic clock, so a step shows as drift.
     """
     steady = steady_clock()
     stopping = False
+    hangups = 0  # a SIGHUP during start-up is applied at once
     while not done.wait(_WATCH_S):
         if STOP.requested:
             if not stopping:
@@ -522,6 +682,10 @@ def _monitor(
                 scheduler.shutdown(wait=False)
                 return
             continue  # asked before the scheduler started: it may be starting right now
+        if STOP.hangups != hangups and on_hangup is not None and scheduler.running:
+            hangups = STOP.hangups
+            on_hangup()
+            continue
         drift = steady.drift()
         if abs(drift) > _CLOCK_STEP_S and scheduler.running:
             log.warning("the host clock stepped by %+.1fs; polling again now", drift)

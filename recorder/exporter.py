@@ -27,12 +27,13 @@ class FiguresCollector(Collector):
     """The figures of every target, as metric families."""
 
     def __init__(self, targets: Sequence[TargetMetrics]) -> None:
-        """Export the figures of `targets`, each once it has loaded its starting counts."""
+        """Export the figures of `targets`, each once it has loaded its starting counts (and
+        until it forgets them); the daemons started on SIGHUP join the list as they come."""
         self.targets = targets
 
     def collect(self) -> Iterator[Metric]:
         """The families, built from a copy of every target's figures."""
-        copies = [f for f in (t.snapshot() for t in self.targets) if f is not None]
+        copies = [f for f in (t.snapshot() for t in list(self.targets)) if f is not None]
         return iter(families(copies))
 
 
@@ -43,7 +44,9 @@ def families(copies: Sequence[Figures]) -> list[Metric]:
         "recorder_jobs_running", "Jobs running now (open in the record).", labels=by_type
     )
     finished = CounterMetricFamily(
-        "recorder_jobs_finished", "Jobs recorded as finished.", labels=by_type
+        "recorder_jobs_finished",
+        "Jobs closed (a job that reappeared after its end is counted once).",
+        labels=by_type,
     )
     durations = HistogramMetricFamily(
         "recorder_job_duration_seconds",

@@ -85,6 +85,14 @@ class Offset:
     error: float
 
 
+def poll_offset(sent_at: float, received_at: float, server_time: float) -> float:
+    """The skew that a recorded successful poll implies: the server time the list was taken
+    at (``polls.server_time``) minus the middle of the poll on our clock. Every reader of the
+    skew takes it from the latest successful poll this way: a restarted daemon
+    (Store.load), the metrics' gauge and `recorder status`."""
+    return server_time - (sent_at + received_at) / 2
+
+
 @dataclass(frozen=True, slots=True)
 class ServerClock:
     """What one poll says about the server's clock."""

@@ -12,6 +12,9 @@ shippers (`JsonFormatter`): `time` (UTC, to the millisecond, with Z), `level`, `
 the same), `target` on a line about one target, and `exception` with a traceback. Escaping
 before encoding keeps a bidi override or a line break in an id inert also where a tool prints
 the decoded message raw (`jq -r .message`).
+
+`--log-file PATH` appends the lines to a file instead of stderr (`ReopeningFileHandler`); after
+logrotate has moved it away, SIGHUP makes `recorder run` open the path again (`reopen`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import logging
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal
 
@@ -93,11 +97,47 @@ def _safe_lines(text: str) -> str:
     return "\n".join(safe_text(line) for line in text.split("\n"))
 
 
-def setup(verbosity: int, stream: IO[str] | None = None, fmt: LogFormat = "text") -> None:
-    """Log to `stream` (stderr) in `fmt`: WARNING and up if `verbosity` < 0, INFO at 0, DEBUG
-    above."""
+class ReopeningFileHandler(logging.FileHandler):
+    """Appends to a file, and opens its path again on `reopen` (after logrotate moved it)."""
+
+    def __init__(self, path: Path) -> None:
+        """Append to `path`, created if missing (UTF-8)."""
+        super().__init__(path, mode="a", encoding="utf-8")
+
+    def reopen(self) -> None:
+        """Close the file and open the path again: a new file if the old one was moved. Under
+        the handler's lock, so that no line is written to a closed stream."""
+        self.acquire()
+        try:
+            old, self.stream = self.stream, self._open()
+            if old is not None:
+                old.close()
+        finally:
+            self.release()
+
+
+def reopen() -> int:
+    """Open the log file again, if the log goes to one (see `setup`); how many were reopened."""
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, ReopeningFileHandler)]
+    for handler in handlers:
+        handler.reopen()
+    return len(handlers)
+
+
+def setup(
+    verbosity: int,
+    stream: IO[str] | None = None,
+    fmt: LogFormat = "text",
+    path: Path | None = None,
+) -> None:
+    """Log to `stream` (stderr), or append to the file `path`, in `fmt`: WARNING and up if
+    `verbosity` < 0, INFO at 0, DEBUG above."""
     level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler: logging.Handler
+    if path is not None:
+        handler = ReopeningFileHandler(path)
+    else:
+        handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(_formatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]

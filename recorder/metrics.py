@@ -6,6 +6,12 @@ updates; a scrape copies them under the same lock. A scrape never reads the data
 waits for a poll. The counters start from the database's counts, read once when the daemon
 starts recording the target, so that they never go backwards across restarts.
 
+`recorder_jobs_finished_total` counts the jobs closed at least once: in the database, the jobs
+with a ``vanished`` transition (`closed_once`), which only grows. A job that reappears after
+its end (a glitch upstream) is running again, but stays counted, and its next end is not
+counted again. The clock offset is the skew the latest successful poll implies
+(recorder.inference.poll_offset), as `recorder status` shows it.
+
 Labels: ``target`` is the target's name (targets.name), ``type`` the jobs' type ("" when the
 API gives none), ``outcome`` a poll's outcome (recorder.snapshot.Outcome).
 """
@@ -19,10 +25,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection, case, exists, func, select
 
-from recorder.inference import JobState
-from recorder.models import Job, JobStatus, Poll, Target, has_status, latest_ok_id, running_jobs
+from recorder.inference import JobState, poll_offset
+from recorder.models import (
+    Job,
+    JobStatus,
+    Poll,
+    Target,
+    Transition,
+    TransitionKind,
+    has_status,
+    latest_ok_id,
+    running_jobs,
+)
 from recorder.pipeline import Recorded
 from recorder.snapshot import Outcome, Snapshot
 
@@ -81,7 +97,10 @@ class TargetMetrics:
         self._lock = threading.Lock()
         self._figures: Figures | None = None
         self._types: dict[str, str | None] = {}  # the open jobs' types, by id
-        self._reappeared: set[str] = set()
+        # Running jobs counted as finished already (they reappeared after an end), by id: True
+        # when that end's duration is in the histogram too (False: it was before a restart,
+        # and the database no longer holds it, so their next end's duration is observed).
+        self._reappeared: dict[str, bool] = {}
 
     @property
     def loaded(self) -> bool:
@@ -91,14 +110,15 @@ class TargetMetrics:
     def load(self, conn: Connection, target_id: int) -> None:
         """Start from what the database holds about the target (its counts, running jobs and
         latest successful poll); the figures from an earlier load are replaced."""
-        figures, types = _from_database(conn, target_id)
+        figures, types, reopened = _from_database(conn, target_id)
         with self._lock:
-            self._figures, self._types, self._reappeared = figures, types, set()
+            self._figures, self._types = figures, types
+            self._reappeared = dict.fromkeys(reopened, False)
 
     def forget(self) -> None:
         """Drop the figures until the next `load` (another recorder writes the target now)."""
         with self._lock:
-            self._figures, self._types, self._reappeared = None, {}, set()
+            self._figures, self._types, self._reappeared = None, {}, {}
 
     def record(self, recorded: Recorded) -> None:
         """Count one recorded poll and the jobs it closed."""
@@ -113,18 +133,19 @@ class TargetMetrics:
             figures.polls[outcome.value] = figures.polls.get(outcome.value, 0) + 1
             if result.ok:
                 figures.last_success_s = result.sent_at
-            if change.state.offset is not None:
-                figures.offset_s = change.state.offset.seconds
+                if change.server_time is not None and math.isfinite(change.server_time):
+                    figures.offset_s = poll_offset(
+                        result.sent_at, result.received_at, change.server_time
+                    )
             # A job that reappears after its end (a glitch upstream) was counted when it ended:
-            # its next end is not counted again, as the database holds it finished once.
-            self._reappeared.update(event.job.api_id for event in change.reopened)
+            # its next end is not counted again, as the database counts it closed once.
+            self._reappeared.update((event.job.api_id, True) for event in change.reopened)
             for closed in change.closed:
-                if closed.api_id in self._reappeared:
-                    self._reappeared.discard(closed.api_id)
-                    continue
                 label = type_label(self._types.get(closed.api_id))
-                figures.finished[label] = figures.finished.get(label, 0) + 1
-                if math.isfinite(closed.duration.at):  # as stored: a non-finite one is unknown
+                timed = self._reappeared.pop(closed.api_id, None)
+                if timed is None:
+                    figures.finished[label] = figures.finished.get(label, 0) + 1
+                if timed is not True and math.isfinite(closed.duration.at):  # as stored
                     figures.durations.setdefault(label, Durations()).observe(closed.duration.at)
             if change.changed:
                 # A closed job's type is in the state before its close only: keep it at hand.
@@ -165,16 +186,34 @@ class TargetMetrics:
             )
 
 
-def _from_database(conn: Connection, target_id: int) -> tuple[Figures, dict[str, str | None]]:
-    """A target's figures as the database holds them, and its running jobs' types by id."""
+def closed_before() -> Any:
+    """SQL: the job (correlated) has a vanished transition: it was closed at least once."""
+    return exists().where(
+        Transition.job_id == Job.id, Transition.kind == TransitionKind.VANISHED.value
+    )
+
+
+def _from_database(
+    conn: Connection, target_id: int
+) -> tuple[Figures, dict[str, str | None], list[str]]:
+    """A target's figures as the database holds them, its running jobs' types by id, and the
+    ids of those among them that were closed before (they reappeared)."""
     name = conn.scalar(select(Target.name).where(Target.id == target_id))
     figures = Figures(str(name))
+    # Closed at least once: every finished job, and the running ones that reappeared (read
+    # through the few running jobs, not along every transition).
     finished = select(Job.type, func.count()).where(
         Job.target_id == target_id, has_status(JobStatus.FINISHED)
     )
     for job_type, count in conn.execute(finished.group_by(Job.type)):
         label = type_label(job_type)
         figures.finished[label] = figures.finished.get(label, 0) + int(count)
+    reopened: list[str] = []
+    query: Any = select(Job.api_id, Job.type).where(Job.target_id == target_id, closed_before())
+    for api_id, job_type in conn.execute(running_jobs(query)):
+        reopened.append(api_id)
+        label = type_label(job_type)
+        figures.finished[label] = figures.finished.get(label, 0) + 1
     # Per bucket, the jobs at or below its bound (cumulative), in one pass over the durations.
     at_or_below = [func.sum(case((Job.duration_s <= bound, 1), else_=0)) for bound in BUCKETS]
     durations = select(Job.type, func.count(), func.sum(Job.duration_s), *at_or_below).where(
@@ -193,12 +232,20 @@ def _from_database(conn: Connection, target_id: int) -> tuple[Figures, dict[str,
         histogram.sum_s += float(sum_s or 0.0)
     polls = select(Poll.outcome, func.count()).where(Poll.target_id == target_id)
     figures.polls = {outcome: int(n) for outcome, n in conn.execute(polls.group_by(Poll.outcome))}
-    last_ok = conn.scalar(select(Poll.sent_at).where(Poll.id == latest_ok_id(target_id)))
-    figures.last_success_s = None if last_ok is None else last_ok.timestamp()
+    last_ok = conn.execute(
+        select(Poll.sent_at, Poll.received_at, Poll.server_time).where(
+            Poll.id == latest_ok_id(target_id)
+        )
+    ).first()
+    if last_ok is not None:
+        figures.last_success_s = last_ok.sent_at.timestamp()
+        if last_ok.server_time is not None:
+            sent, received = last_ok.sent_at.timestamp(), last_ok.received_at.timestamp()
+            figures.offset_s = poll_offset(sent, received, last_ok.server_time)
     types: dict[str, str | None] = {}
-    query: Any = select(Job.api_id, Job.type).where(Job.target_id == target_id)
+    query = select(Job.api_id, Job.type).where(Job.target_id == target_id)
     for api_id, job_type in conn.execute(running_jobs(query)):
         types[api_id] = job_type
         label = type_label(job_type)
         figures.running[label] = figures.running.get(label, 0) + 1
-    return figures, types
+    return figures, types, reopened

@@ -14,6 +14,7 @@ from sqlalchemy.sql.expression import UnaryExpression
 
 from recorder import overdue, targets
 from recorder.dialect import Dialect
+from recorder.inference import poll_offset
 from recorder.models import (
     Job,
     JobStatus,
@@ -392,16 +393,34 @@ def table_row(job: dict[str, Any]) -> dict[str, Any]:
 
 STATUS_FIELDS = (
     "target",
+    "name",
+    "service",
     "healthy",
     "last_poll_at",
     "last_outcome",
     "last_error",
     "last_ok_at",
+    "last_ok_age_s",
     "failing_polls",
     "quarantined",
     "running_jobs",
     "overdue",
+    "clock_offset_s",
     "recorded_by",
+)
+# What the table shows of each target: one line a person reads at a glance.
+STATUS_TABLE_COLUMNS = (
+    "target",
+    "service",
+    "healthy",
+    "last_ok",
+    "failing_polls",
+    "running_jobs",
+    "overdue",
+    "clock_offset",
+    "quarantined",
+    "recorded_by",
+    "last_error",
 )
 
 
@@ -410,19 +429,27 @@ def status(engine: Engine, now: datetime, max_age_s: float) -> list[dict[str, An
 
     A target is healthy when its latest poll succeeded and is at most `max_age_s` old, and no
     poll of it waits in quarantine (`recorder quarantine` shows them and, once read, clears
-    them). `overdue` counts its running jobs that are overdue (recorder.overdue).
+    them). `last_error` is the latest poll's error: a failure since the latest successful
+    poll, none once a poll succeeds again. `overdue` counts its running jobs that are overdue
+    (recorder.overdue). `clock_offset_s` is the server clock's skew that its latest
+    successful poll implies (recorder.inference.poll_offset, as the daemon's metrics say).
     """
     rows = []
     with engine.connect() as conn:
         late = overdue_counts(conn, now)
-        for target in conn.execute(select(Target.id, Target.url).order_by(Target.url)):
+        query = select(Target.id, Target.url, Target.name, Target.service).order_by(Target.url)
+        for target in conn.execute(query):
             last = conn.execute(
                 select(Poll.id, Poll.sent_at, Poll.outcome, Poll.error)
                 .where(Poll.target_id == target.id)
                 .order_by(Poll.id.desc())
                 .limit(1)
             ).first()
-            last_ok_at = conn.scalar(select(Poll.sent_at).where(Poll.id == latest_ok_id(target.id)))
+            last_ok = conn.execute(
+                select(Poll.sent_at, Poll.received_at, Poll.server_time).where(
+                    Poll.id == latest_ok_id(target.id)
+                )
+            ).first()
             failing = conn.scalar(select(failing_streak(target.id)))
             running = conn.scalar(
                 running_jobs(
@@ -439,6 +466,8 @@ def status(engine: Engine, now: datetime, max_age_s: float) -> list[dict[str, An
             rows.append(
                 {
                     "target": target.url,
+                    "name": target.name,
+                    "service": target.service,
                     "healthy": bool(
                         fresh
                         and last is not None
@@ -448,15 +477,48 @@ def status(engine: Engine, now: datetime, max_age_s: float) -> list[dict[str, An
                     "last_poll_at": last.sent_at if last else None,
                     "last_outcome": last.outcome if last else None,
                     "last_error": last.error if last else None,
-                    "last_ok_at": last_ok_at,
+                    "last_ok_at": last_ok.sent_at if last_ok else None,
+                    "last_ok_age_s": _age(now, last_ok.sent_at) if last_ok else None,
                     "failing_polls": failing or 0,
                     "quarantined": quarantined or 0,
                     "running_jobs": running or 0,
                     "overdue": late.get(target.id, 0),
+                    "clock_offset_s": _offset(last_ok),
                     "recorded_by": holder,
                 }
             )
     return rows
+
+
+def _age(now: datetime, then: datetime) -> float:
+    """Seconds from `then` to `now`, to the millisecond (never below 0: a clock step back)."""
+    return round(max(0.0, (now - then).total_seconds()), 3)
+
+
+def _offset(last_ok: Any) -> float | None:
+    """The skew a poll row (sent_at, received_at, server_time) implies, to the millisecond."""
+    if last_ok is None or last_ok.server_time is None:
+        return None
+    sent, received = last_ok.sent_at.timestamp(), last_ok.received_at.timestamp()
+    return round(poll_offset(sent, received, last_ok.server_time), 3)
+
+
+def status_table_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A target's status as the table shows it (STATUS_TABLE_COLUMNS)."""
+    age, offset = row["last_ok_age_s"], row["clock_offset_s"]
+    return {
+        "target": row["name"],
+        "service": row["service"],
+        "healthy": row["healthy"],
+        "last_ok": "never" if age is None else f"{human_duration(age)} ago",
+        "failing_polls": row["failing_polls"],
+        "running_jobs": row["running_jobs"],
+        "overdue": row["overdue"],
+        "clock_offset": "" if offset is None else f"{offset:+.1f}s",
+        "quarantined": row["quarantined"],
+        "recorded_by": row["recorded_by"],
+        "last_error": row["last_error"],
+    }
 
 
 QUARANTINE_FIELDS = ("id", "target", "poll_id", "set_aside_at", "error", "payload")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Final
 
 _MASK: Final = "Secret('***')"
@@ -27,3 +28,14 @@ class Secret:
     def __str__(self) -> str:
         """Return a masked representation."""
         return _MASK
+
+    def __eq__(self, other: object) -> bool:
+        """The same credential (compared in constant time): a config reloaded with the same
+        token leaves its target running."""
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        """Consistent with ==."""
+        return hash(self._value)

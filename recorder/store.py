@@ -27,6 +27,7 @@ from recorder.inference import (
     StartSource,
     StepResult,
     TargetState,
+    poll_offset,
 )
 from recorder.lease import RecordingLease
 from recorder.models import (
@@ -182,7 +183,8 @@ class Store:
             # The error of the stored estimate is not kept; one second more than the poll's
             # own spread is a safe bound for `started` truncated to seconds.
             spread = (timing.received_at - timing.sent_at) / 2
-            offset = Offset(last_ok.server_time - timing.mid, 1.0 + spread)
+            skew = poll_offset(timing.sent_at, timing.received_at, last_ok.server_time)
+            offset = Offset(skew, 1.0 + spread)
         state = TargetState(open_jobs, timing, int(last_ok.failures or 0), offset)
         return Loaded(state, last_ok.id)
 

@@ -259,7 +259,7 @@ def test_a_slow_target_and_a_down_target_hold_up_no_other(
         assert "[slow] failing" not in text
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_signal_stops_every_target_and_releases_every_lease(
     sims: list[Simulator], tmp_path: Path, signum: signal.Signals
 ) -> None:

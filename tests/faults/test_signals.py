@@ -1,5 +1,6 @@
 """Signals and crashes, with real daemon processes: SIGTERM at start-up, SIGTERM and SIGINT
-while a server holds the poll, SIGHUP, and a restart after SIGKILL that resumes at once."""
+while a server holds the poll, and a restart after SIGKILL that resumes at once (SIGHUP
+reloads instead: tests/test_reload.py)."""
 
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ class SilentServer:
             conn.close()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_cuts_a_poll_that_waits_on_a_silent_server(
     tmp_path: Path, signum: int
 ) -> None:
