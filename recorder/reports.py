@@ -16,6 +16,7 @@ from recorder import overdue, targets
 from recorder.dialect import Dialect
 from recorder.models import (
     Job,
+    JobOutcome,
     JobStatus,
     Lease,
     Poll,
@@ -53,6 +54,7 @@ JOB_FIELDS = (
     "target",
     "service",
     "target_name",
+    "outcome",
 )
 _DURATIONS = ("duration_s", "duration_min_s", "duration_max_s")
 TABLE_COLUMNS = (
@@ -65,6 +67,7 @@ TABLE_COLUMNS = (
     "bounds",
     "gap",
     "target",
+    "outcome",
 )
 
 
@@ -250,11 +253,14 @@ def _listing(key: Any = None) -> Any:
             Target.url.label("target"),
             Target.service,
             Target.name.label("target_name"),
+            # What the API said became of it (recorder.outcomes): null while none is known.
+            JobOutcome.outcome,
             *extra,
         )
         .join(Target, Target.id == Job.target_id)
         .join(first, first.id == Job.first_poll_id)
         .outerjoin(last, last.id == Job.last_poll_id)
+        .outerjoin(JobOutcome, JobOutcome.job_id == Job.id)
     )
 
 
@@ -387,6 +393,7 @@ def table_row(job: dict[str, Any]) -> dict[str, Any]:
         "bounds": bounds,
         "gap": "yes" if job["closed_across_gap"] else "",
         "target": job["target_name"],
+        "outcome": job.get("outcome") or "",
     }
 
 
