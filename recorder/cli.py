@@ -19,10 +19,12 @@ from click.decorators import FC
 from recorder import __version__, db
 from recorder.config import (
     DEFAULT_INTERVAL_S,
+    DEFAULT_OUTCOME_RATE,
     DEFAULT_TIMEOUT_S,
     DEFAULT_URL,
     ENV_TOKEN,
     INTERVAL_RANGE_S,
+    OUTCOME_RATE_RANGE,
     TIMEOUT_RANGE_S,
     ConfigError,
     load_token,
@@ -41,8 +43,9 @@ if TYPE_CHECKING:
     from recorder.capacity import CapacityReader
     from recorder.client import SchedulerClient
     from recorder.config_file import TargetConfig
-    from recorder.daemon import Daemon, Recording
+    from recorder.daemon import Daemon, Recording, SideTask
     from recorder.metrics import TargetMetrics
+    from recorder.outcomes import OutcomeWorker
     from recorder.pipeline import Pipeline
     from recorder.secret import Secret
     from recorder.services import Service
@@ -174,8 +177,8 @@ def _endpoint_options(func: FC) -> FC:
         type=click.Path(path_type=Path),
         metavar="FILE",
         help="A TOML file of [targets.NAME] tables (service, url, token_env or token_file, "
-        "interval, timeout, capacity_interval): every target in it, in one process. "
-        "Not with --url, --token-file or --interval.",
+        "interval, timeout, capacity_interval, outcomes, outcome_rate): every target in it, "
+        "in one process. Not with --url, --token-file or --interval.",
     )(func)
     func = click.option(
         "--insecure",
@@ -291,6 +294,20 @@ def _recording(
     metavar="HOST",
     help="The address --metrics-port listens on.",
 )
+@click.option(
+    "--outcomes",
+    is_flag=True,
+    help="After a job vanishes, ask the API what became of it (completed, failed, moderated; "
+    "PixVerse only). With --config: `outcomes = true` per target instead.",
+)
+@click.option(
+    "--outcome-rate",
+    type=click.IntRange(*OUTCOME_RATE_RANGE),
+    default=DEFAULT_OUTCOME_RATE,
+    show_default=True,
+    metavar="N",
+    help="At most N outcome requests a minute (with --outcomes).",
+)
 @pass_state
 def run(
     state: State,
@@ -302,6 +319,8 @@ def run(
     interval: float,
     metrics_port: int | None,
     metrics_host: str,
+    outcomes: bool,
+    outcome_rate: int,
 ) -> None:
     """Poll the endpoint every INTERVAL seconds and record it, until SIGINT or SIGTERM.
 
@@ -311,26 +330,41 @@ def run(
     again and reloads the --config file: added targets start, removed ones stop, changed ones
     restart, and the others poll on untouched; a file that fails its checks changes nothing.
 
+    With --outcomes (or `outcomes = true` in the config file), a thread beside the polls asks
+    each vanished job's outcome and stores it (see Job outcomes).
+
     Example:
 
-        USEAPI_TOKEN=... recorder run --interval 10 --metrics-port 9464
+        USEAPI_TOKEN=... recorder run --interval 10 --metrics-port 9464 --outcomes
     """
-    from recorder.daemon import run_daemons
+    from recorder.daemon import Recording, run_daemons
 
     ctx = click.get_current_context()
     if metrics_port is None and ctx.get_parameter_source("metrics_host") != ParameterSource.DEFAULT:
         raise click.UsageError("--metrics-host needs --metrics-port")
+    if not outcomes and ctx.get_parameter_source("outcome_rate") != ParameterSource.DEFAULT:
+        raise click.UsageError("--outcome-rate needs --outcomes")
     with ExitStack() as clients:
         # Each daemon's figures join this list as it is made (on SIGHUP too).
         exported: list[TargetMetrics] | None = [] if metrics_port is not None else None
         reloader: _ConfigTargets | None = None
         if config_file is None:
+            if outcomes:
+                _check_outcomes(url)
             daemon = _url_daemon(state, url, token_file, timeout, insecure, interval, clients)
             if exported is not None:
                 daemon.metrics = _metrics(exported)
-            recordings: list[Daemon | Recording] = [daemon]
+            side: list[SideTask] = []
+            if outcomes:
+                with _user_errors():
+                    token = load_token(token_file)
+                worker = _outcome_worker(daemon, url, token, timeout, outcome_rate, url, clients)
+                _log_outcomes(worker)
+                side.append(worker)
+            recordings: list[Daemon | Recording] = [Recording(daemon, side)]
         else:
-            targets = _targets(config_file, timeout, insecure, ("url", "token_file", "interval"))
+            alone = ("url", "token_file", "interval", "outcomes", "outcome_rate")
+            targets = _targets(config_file, timeout, insecure, alone)
             reloader = _ConfigTargets(state, config_file, timeout, insecure, exported)
             engine = db.masked(str(state.engine().url))
             log.info("recording %d target(s) of %s into %s", len(targets), config_file, engine)
@@ -403,8 +437,31 @@ class _ConfigTargets:
                 reader.interval,
                 extra=about(reader.name),
             )
-        side = [] if reader is None else [reader]
+        side: list[SideTask] = [] if reader is None else [reader]
+        if target.outcomes:
+            with ExitStack() as clients:
+                worker = _outcome_worker(
+                    daemon,
+                    target.url,
+                    target.token,
+                    target.timeout,
+                    target.outcome_rate,
+                    target.name,
+                    clients,
+                )
+                owned.push(clients.pop_all())
+            _log_outcomes(worker)
+            side.append(worker)
         return Recording(daemon, side, settings=target, close=owned.close)
+
+
+def _log_outcomes(worker: OutcomeWorker) -> None:
+    log.info(
+        "[%s] asking the outcome of each vanished job, at most %d a minute",
+        worker.name,
+        worker.limit.per_minute,
+        extra=about(worker.name),
+    )
 
 
 def _serve_metrics(exported: list[TargetMetrics], host: str, port: int, clients: ExitStack) -> None:
@@ -475,6 +532,49 @@ def _target_daemon(state: State, target: TargetConfig, clients: ExitStack) -> Da
         lease_ttl_s=lease_ttl(target.interval, target.timeout),
         abort=client.abort,
         name=target.name,
+    )
+
+
+def _check_outcomes(url: str) -> None:
+    """Refuse --outcomes for a URL whose jobs have no outcome to ask (a usage error)."""
+    from recorder import services
+    from recorder.outcomes import outcome_url
+
+    service = services.for_url(url)
+    if not service.has_outcomes:
+        raise click.UsageError(
+            f"--outcomes: {service.name} has no job outcomes to ask; only pixverse has"
+        )
+    if outcome_url(url, "id", "video") is None:
+        raise click.UsageError("--outcomes: the URL has no /scheduler segment")
+
+
+def _outcome_worker(
+    daemon: Daemon,
+    url: str,
+    token: Secret,
+    timeout: float,
+    rate: int,
+    name: str,
+    clients: ExitStack,
+) -> OutcomeWorker:
+    """The asker of the outcomes of the jobs of `daemon`'s target; its client (on the target's
+    URL, with its token and timeout) is closed with `clients`. It asks only while the daemon
+    records the target."""
+    from recorder.client import SchedulerClient
+    from recorder.outcomes import MAX_BODY_BYTES, OutcomeWorker
+
+    client = SchedulerClient(
+        url, token, timeout=(min(5.0, timeout), timeout), max_body_bytes=MAX_BODY_BYTES
+    )
+    clients.callback(client.close)
+    pipeline = daemon.pipeline
+
+    def target_id() -> int | None:
+        return pipeline.target_id if daemon.holding else None
+
+    return OutcomeWorker(
+        pipeline.store.engine, client, url, target_id, name=name, rate_per_min=rate
     )
 
 
@@ -729,8 +829,9 @@ def jobs(
     "--by",
     "by",
     multiple=True,
-    type=click.Choice(("type", "account", "hour", "day", "service", "target")),
-    help="Group by this key (repeatable: --by type --by day).",
+    type=click.Choice(("type", "account", "hour", "day", "service", "target", "outcome")),
+    help="Group by this key (repeatable: --by type --by day); outcome: completed, failed, "
+    "moderated, unknown, or none.",
 )
 @_format_option(("table", "json", "csv"))
 @click.option("--histogram", is_flag=True, help="Add a text histogram of durations per group.")
@@ -751,8 +852,9 @@ def stats(
 
     Per group: jobs finished, started and running; the finished jobs' durations (count, mean,
     p50, p90, p95, p99, max; percentiles are nearest-rank) and how many are known only within
-    wide bounds; finished per hour; peak and mean concurrency; and the share of the window
-    covered by successful polls, with its gaps.
+    wide bounds; finished per hour; peak and mean concurrency; the share of the window
+    covered by successful polls, with its gaps; and with job outcomes recorded, the success
+    rate (completed among completed, failed and moderated).
 
     Example:
 
@@ -894,6 +996,14 @@ def _share_option(name: str, help_text: str) -> Callable[[FC], FC]:
     show_default=True,
     help="Seconds the server clock is ahead of the true time (negative: behind), up to a day.",
 )
+@click.option(
+    "--outcome-delay",
+    type=Seconds(0, 86400),
+    default=20.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a finished video's page (/videos/ID) stays 404 before it shows its outcome.",
+)
 def simulate(
     port: int,
     host: str,
@@ -910,8 +1020,12 @@ def simulate(
     garbage: float,
     empty: float,
     skew: float,
+    outcome_delay: float,
 ) -> None:
     """Serve a simulated scheduler endpoint (seeded) until Ctrl-C.
+
+    PixVerse also serves each job's page (/videos/ID, /images/ID) for `recorder run
+    --outcomes`.
 
     Example:
 
@@ -943,6 +1057,7 @@ def simulate(
                 faults=faults,
                 initial_jobs=initial_jobs,
                 service=name,
+                outcome_delay_s=outcome_delay,
             )
             for i, name in enumerate(services or ("pixverse",))
         ]

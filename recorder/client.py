@@ -398,12 +398,20 @@ class SchedulerClient:
         received_at = sent_at + max(0.0, self._monotonic() - start)
         return PollResult(sent_at, received_at, status, answer)
 
-    def fetch(self) -> tuple[int | None, bytes | Failure]:
+    def fetch(self, url: str | None = None) -> tuple[int | None, bytes | Failure]:
         """GET the URL once by the rules of poll() (deadline, body size, token, no redirects,
-        abort); the HTTP status and the 2xx body as it came, unparsed, or the Failure."""
-        return self._exchange(self._body)
+        abort); the HTTP status and the 2xx body as it came, unparsed, or the Failure.
 
-    def _exchange(self, success: _Success[A]) -> tuple[int | None, A | Failure]:
+        `url`, if given, is another path on the client's own scheme, host and port (a job's
+        page beside the list: recorder.outcomes); the token goes nowhere else (ValueError).
+        """
+        if url is not None and not _same_origin(url, self._url):
+            raise ValueError("a client fetches only from the origin of its own URL")
+        return self._exchange(self._body, url or self._url)
+
+    def _exchange(
+        self, success: _Success[A], url: str | None = None
+    ) -> tuple[int | None, A | Failure]:
         watch = _Watch(self._deadline)
         with self._lock:
             if self._aborted:
@@ -411,15 +419,17 @@ class SchedulerClient:
             self._watch = watch
         try:
             with watch:
-                return self._fetch(watch, success)
+                return self._fetch(watch, success, url or self._url)
         finally:
             with self._lock:
                 self._watch = None
 
-    def _fetch(self, watch: _Watch, success: _Success[A]) -> tuple[int | None, A | Failure]:
+    def _fetch(
+        self, watch: _Watch, success: _Success[A], url: str
+    ) -> tuple[int | None, A | Failure]:
         try:
             response = self._session.get(
-                self._url,
+                url,
                 headers=self._headers(),
                 timeout=self._timeout,
                 stream=True,
@@ -608,6 +618,24 @@ def _http_date(value: str | None) -> float | None:
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return seconds if math.isfinite(seconds) else None
+
+
+def _same_origin(url: str, other: str) -> bool:
+    """True when both URLs have one scheme, host and port (the port as given or implied)."""
+    try:
+        a, b = urllib.parse.urlsplit(url), urllib.parse.urlsplit(other)
+        ports = (a.port, b.port)
+    except ValueError:
+        return False
+    default = {"http": 80, "https": 443}
+    return (
+        a.scheme.lower() == b.scheme.lower()
+        and (a.hostname or "") == (b.hostname or "")
+        and (ports[0] or default.get(a.scheme.lower()))
+        == (ports[1] or default.get(b.scheme.lower()))
+        and not a.username
+        and not a.password
+    )
 
 
 def _is_loopback(host: str) -> bool:

@@ -14,6 +14,9 @@ DEFAULT_TIMEOUT_S = 20.0
 # What an interval and a timeout may be, on the command line and in a config file alike.
 INTERVAL_RANGE_S = (0.05, 86400.0)
 TIMEOUT_RANGE_S = (0.1, 3600.0)
+# Job outcomes (recorder.outcomes): at most this many requests a minute per target.
+DEFAULT_OUTCOME_RATE = 30
+OUTCOME_RATE_RANGE = (1, 600)
 ENV_TOKEN = "USEAPI_TOKEN"  # noqa: S105 (the variable's name, not a token)
 
 

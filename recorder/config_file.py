@@ -7,6 +7,8 @@
     interval = 10                        # seconds, optional, default 10
     timeout = 30                         # optional (default: --timeout, 20 s)
     capacity_interval = 60               # optional: how often to read /scheduler/available
+    outcomes = true                      # optional: ask each vanished job's outcome (pixverse)
+    outcome_rate = 30                    # optional: at most this many such requests a minute
 
 The keys are a contract that users' files rely on. The whole file is checked, tokens read
 included, before anything starts: the first problem is a ConfigError of one line that names the
@@ -36,13 +38,24 @@ from recorder.config import (
     token_from_env,
     token_from_file,
 )
+from recorder.outcomes import DEFAULT_RATE, RATE_RANGE, outcome_url
 from recorder.secret import Secret
 from recorder.services import Service
 from recorder.urls import same_target_key
 
 __all__ = ["CAPACITY_INTERVAL_S", "KEYS", "TargetConfig", "load_targets"]
 
-KEYS = ("service", "url", "token_env", "token_file", "interval", "timeout", "capacity_interval")
+KEYS = (
+    "service",
+    "url",
+    "token_env",
+    "token_file",
+    "interval",
+    "timeout",
+    "capacity_interval",
+    "outcomes",
+    "outcome_rate",
+)
 # How often a service's /scheduler/available is read when the file does not say (0: never).
 CAPACITY_INTERVAL_S = 60.0
 _CAPACITY_RANGE_S = (1.0, 86400.0)
@@ -65,6 +78,8 @@ class TargetConfig:
     interval: float
     timeout: float
     capacity_interval: float
+    outcomes: bool = False  # ask each vanished job's outcome (recorder.outcomes)
+    outcome_rate: int = DEFAULT_RATE  # at most this many of those requests a minute
 
 
 def load_targets(
@@ -159,7 +174,10 @@ def _target(
     interval = _seconds(where, table, "interval", DEFAULT_INTERVAL_S, INTERVAL_RANGE_S)
     timeout = _seconds(where, table, "timeout", default_timeout, TIMEOUT_RANGE_S)
     capacity = _capacity(where, table, service)
-    return TargetConfig(where.name, service, url, token, interval, timeout, capacity)
+    outcomes, rate = _outcomes(where, table, service, url)
+    return TargetConfig(
+        where.name, service, url, token, interval, timeout, capacity, outcomes, rate
+    )
 
 
 def _service(where: _Where, table: dict[str, Any]) -> Service:
@@ -243,6 +261,26 @@ def _capacity(where: _Where, table: dict[str, Any], service: Service) -> float:
     if number and not service.has_available:
         where.fail(key, f"{service.name} has no /scheduler/available to read; set 0 or omit it")
     return number
+
+
+def _outcomes(where: _Where, table: dict[str, Any], service: Service, url: str) -> tuple[bool, int]:
+    enabled = table.get("outcomes", False)
+    if not isinstance(enabled, bool):
+        where.fail("outcomes", f"must be true or false, not {_kind(enabled)}")
+    if enabled and not service.has_outcomes:
+        where.fail("outcomes", f"{service.name} has no job outcomes to ask; only pixverse has")
+    if enabled and outcome_url(url, "id", "video") is None:
+        where.fail("outcomes", "the url has no /scheduler segment to find the jobs' pages beside")
+    key = "outcome_rate"
+    if key not in table:
+        return enabled, DEFAULT_RATE
+    if not enabled:
+        where.fail(key, "applies only with outcomes = true")
+    value = table[key]
+    low, high = RATE_RANGE
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        where.fail(key, f"must be a whole number of requests a minute, {low} to {high}")
+    return enabled, value
 
 
 def _number(where: _Where, key: str, value: object) -> float:

@@ -17,6 +17,9 @@ Tables (see docs/schema.md):
   windows read an hour's figures instead of its jobs.
 * ``capacity``: each account's maxJobs / executing / available from /scheduler/available, one
   row per run of unchanged values (recorder.capacity reads it, Store.record_capacity writes it).
+* ``outcomes``: what the API said became of a finished job (completed, failed, moderated, or
+  unknown), asked after it vanished; one row per job asked, pending until final
+  (recorder.outcomes).
 
 Beside the tables are the facts about their rows that every query shares, each written once: a
 job's status values (`JobStatus`) and how a query tests one (`has_status`, which the partial
@@ -216,6 +219,19 @@ class JobStatus(StrEnum):
 
     RUNNING = "running"
     FINISHED = "finished"
+
+
+class OutcomeKind(StrEnum):
+    """An ``outcomes.outcome``: what became of a finished job, as the API said (or could not)."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    MODERATED = "moderated"
+    UNKNOWN = "unknown"  # still not final 30 minutes after it vanished (recorder.outcomes)
+
+
+# The outcomes that say how a job ended (success_rate's denominator); `unknown` says nothing.
+KNOWN_OUTCOMES = (OutcomeKind.COMPLETED, OutcomeKind.FAILED, OutcomeKind.MODERATED)
 
 
 class TransitionKind(StrEnum):
@@ -486,6 +502,38 @@ class CapacityTable(Base):
     )
 
 
+class JobOutcomeTable(Base):
+    """What the API said became of one finished job, asked after it vanished (recorder.outcomes).
+
+    A row is pending (``outcome`` null, ``next_attempt_at`` set) until the answer is final; the
+    work queue of the asking is these rows, so a restart resumes it. A row of its own, not
+    columns of ``jobs``: only the targets that ask have any, and a job's row stays its size.
+    """
+
+    __tablename__ = "outcomes"
+
+    job_id: Column[int] = Column(ForeignKey("jobs.id"), primary_key=True)
+    outcome: Column[str | None] = Column(String(9))  # an OutcomeKind; null while pending
+    attempts: Column[int] = Column(Integer, nullable=False)  # requests answered for this job
+    next_attempt_at: Column[datetime | None] = Column(UTCDateTime)  # null once final
+    checked_at: Column[datetime | None] = Column(UTCDateTime)  # the latest answer
+    # The times the API's answer gave (its created_at, a finish time), as a cross-check of the
+    # inferred bounds; never used to move them.
+    api_created_at: Column[datetime | None] = Column(UTCDateTime)
+    api_finished_at: Column[datetime | None] = Column(UTCDateTime)
+    disagreement: Column[str | None] = Column(Text)  # how those times contradict the bounds
+
+    __table_args__ = (
+        # The pending rows, which the asking reads on every tick; none for the final ones.
+        Index(
+            "ix_outcomes_pending",
+            "next_attempt_at",
+            sqlite_where=text("outcome IS NULL"),
+            info=postgresql_where("outcome IS NULL"),
+        ),
+    )
+
+
 # The tables as the queries name them (see Base).
 Target = TargetTable()
 Poll = PollTable()
@@ -497,6 +545,7 @@ Quarantine = QuarantineTable()
 RollupHour = RollupHourTable()
 RollupPeak = RollupPeakTable()
 Capacity = CapacityTable()
+JobOutcome = JobOutcomeTable()
 
 
 # Which polls count, as SQLAlchemy expressions and, for the hand-written report SQL, as text.

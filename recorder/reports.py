@@ -17,6 +17,7 @@ from recorder.dialect import Dialect
 from recorder.inference import poll_offset
 from recorder.models import (
     Job,
+    JobOutcome,
     JobStatus,
     Lease,
     Poll,
@@ -54,6 +55,7 @@ JOB_FIELDS = (
     "target",
     "service",
     "target_name",
+    "outcome",
 )
 _DURATIONS = ("duration_s", "duration_min_s", "duration_max_s")
 TABLE_COLUMNS = (
@@ -66,6 +68,7 @@ TABLE_COLUMNS = (
     "bounds",
     "gap",
     "target",
+    "outcome",
 )
 
 
@@ -251,11 +254,14 @@ def _listing(key: Any = None) -> Any:
             Target.url.label("target"),
             Target.service,
             Target.name.label("target_name"),
+            # What the API said became of it (recorder.outcomes): null while none is known.
+            JobOutcome.outcome,
             *extra,
         )
         .join(Target, Target.id == Job.target_id)
         .join(first, first.id == Job.first_poll_id)
         .outerjoin(last, last.id == Job.last_poll_id)
+        .outerjoin(JobOutcome, JobOutcome.job_id == Job.id)
     )
 
 
@@ -388,6 +394,7 @@ def table_row(job: dict[str, Any]) -> dict[str, Any]:
         "bounds": bounds,
         "gap": "yes" if job["closed_across_gap"] else "",
         "target": job["target_name"],
+        "outcome": job.get("outcome") or "",
     }
 
 

@@ -12,6 +12,13 @@ types, accounts) for every service, whose ids alone are spelled the service's wa
 written here from the upstream documentation, not taken from recorder.services: this is the
 independent truth the adapters are tested against. `SimulatorGroup` serves several services from
 one server, each at its own path with its own world.
+
+PixVerse also answers each job's page, as the outcome of a job is asked after it left the list:
+``/v2/pixverse/videos/{id}`` is 404 while the video runs and for `SimConfig.outcome_delay_s`
+after it ended, then the video with its final status; ``/images/{id}`` answers at once (still
+GENERATING while the image runs). A job's outcome is drawn from the seed and its number (mostly
+COMPLETED, some FAILED or MODERATED), never from the world's RNG streams; an id the world never
+ran is 404 forever.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 __all__ = [
     "FAULT_KINDS",
@@ -61,6 +68,9 @@ UNAUTHORIZED_BODY: Final = {"error": "Unauthorized", "code": 401}
 NOT_FOUND_BODY: Final = {"error": "Not Found", "code": 404}
 JSON_TYPE: Final = "application/json"
 HTML_TYPE: Final = "text/html; charset=UTF-8"
+# The outcomes of PixVerse's jobs (name, status number), drawn per job with these weights.
+OUTCOMES: Final = (("COMPLETED", 1, 0.85), ("FAILED", 8, 0.10), ("MODERATED", 7, 0.05))
+OUTCOME_DELAY_S: Final = 20.0
 
 
 # --- configuration -------------------------------------------------------------------------------
@@ -149,6 +159,8 @@ class SimConfig:
     initial_jobs: int = 0
     path: str | None = None  # None: the service's real path (SERVICE_PATHS)
     service: str = "pixverse"
+    # How long a finished video's page stays 404 ("still processing") after it left the list.
+    outcome_delay_s: float = OUTCOME_DELAY_S
 
     def __post_init__(self) -> None:
         if self.service not in _SHAPES:
@@ -168,6 +180,8 @@ class SimConfig:
             raise ValueError("initial_jobs needs at least one job kind")
         if self.path is not None and not self.path.startswith("/"):
             raise ValueError(f"path must start with '/', got {self.path!r}")
+        if not 0 <= self.outcome_delay_s <= 86400:
+            raise ValueError(f"outcome_delay_s must be in [0, 86400], got {self.outcome_delay_s}")
 
     @property
     def list_path(self) -> str:
@@ -292,6 +306,7 @@ class _Shape:
     item: Callable[[_Job, float, float], _Json]  # job, true now, server clock skew
     available_key: str | None = None  # the account's key in /available; None: no /available
     by_account: bool = False  # Dreamina's envelope
+    pages: bool = False  # PixVerse: each job's page, /videos/{id} and /images/{id}
     unauthorized: Mapping[str, Any] = field(default_factory=lambda: UNAUTHORIZED_BODY)
 
 
@@ -390,7 +405,9 @@ def _dreamina_id(number: int, token: str, type_: str, account: Account, start: f
 
 _SHAPES: Final[Mapping[str, _Shape]] = MappingProxyType(
     {
-        "pixverse": _Shape("/v2/pixverse/scheduler/", _user_id("pixverse"), _pixverse, "email"),
+        "pixverse": _Shape(
+            "/v2/pixverse/scheduler/", _user_id("pixverse"), _pixverse, "email", pages=True
+        ),
         "kling": _Shape("/v1/kling/scheduler", _number_id, _kling, "email"),
         "minimax": _Shape("/v1/minimax/scheduler/", _user_id("minimax"), _minimax, "account"),
         "runway": _Shape(
@@ -415,6 +432,22 @@ SERVICE_PATHS: Final[Mapping[str, str]] = MappingProxyType(
 )
 
 
+def _outcome(seed: int, number: int) -> tuple[str, int]:
+    """A job's final status (name, number): a hash, as `_token`, not a draw."""
+    digest = hashlib.sha256(f"{seed}:outcome:{number}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    for name, status, weight in OUTCOMES:
+        if u < weight:
+            return name, status
+        u -= weight
+    return OUTCOMES[0][0], OUTCOMES[0][1]
+
+
+def _second(t: float) -> str:
+    """PixVerse's created_at: ISO-8601 UTC to the second."""
+    return f"{datetime.fromtimestamp(math.floor(t), UTC):%Y-%m-%dT%H:%M:%S}Z"
+
+
 def _token(seed: int, number: int) -> str:
     # A hash, not a draw: the world's RNG streams stay exactly as they are for every service.
     digest = hashlib.sha256(f"{seed}:token:{number}".encode()).digest()
@@ -431,6 +464,7 @@ class _World:
         self._rng = random.Random(f"{config.seed}:jobs")
         self._streams = [_Arrivals(k, i, config.seed, t0) for i, k in enumerate(config.kinds)]
         self._jobs: list[_Job] = []
+        self._by_api_id: dict[str, _Job] = {}
         self._ids: set[int] = set()
         self._ends: dict[str, list[float]] = {a.email: [] for a in config.accounts}
         self.rejected = 0
@@ -473,7 +507,9 @@ class _World:
         truth = TrueJob(api_id, kind.type, account.email, account.user_id, start, end)
         ref = f"order-{job_id % 100_000:05d}" if self._rng.random() < REPLY_REF_P else None
         url = self._reply_url if self._rng.random() < REPLY_URL_P else None
-        return _Job(truth, job_id, token, reply_url=url, reply_ref=ref)
+        job = _Job(truth, job_id, token, reply_url=url, reply_ref=ref)
+        self._by_api_id[api_id] = job
+        return job
 
     def advance(self, now: float) -> None:
         """Materialize every arrival at or before ``now``."""
@@ -492,6 +528,12 @@ class _World:
         """Jobs with ``start <= now < end``, oldest first."""
         self.advance(now)
         return [j for j in self._jobs if j.truth.start <= now < j.truth.end]
+
+    def find(self, api_id: str, now: float) -> _Job | None:
+        """The job listed as `api_id` that started at or before ``now``, if any."""
+        self.advance(now)
+        job = self._by_api_id.get(api_id)
+        return job if job is not None and job.truth.start <= now else None
 
     def truth(self, now: float) -> list[TrueJob]:
         """Every job started at or before ``now``, oldest first."""
@@ -669,6 +711,20 @@ class Simulator:
 
     # requests
 
+    def outcome(self, api_id: str) -> str | None:
+        """The final status (COMPLETED, FAILED, MODERATED) the page of job `api_id` shows once
+        final; None for an id the world has not run (by the clock's now)."""
+        with self._lock:
+            job = self._world.find(api_id, self._clock())
+        return None if job is None else _outcome(self.config.seed, job.number)[0]
+
+    def _pages(self) -> str | None:
+        """The path the jobs' pages are under (``/v2/pixverse``), None without pages."""
+        segments = self.config.list_path.rstrip("/").split("/")
+        if not self._shape.pages or "scheduler" not in segments:
+            return None
+        return "/".join(segments[: len(segments) - 1 - segments[::-1].index("scheduler")])
+
     def _route(self, raw_path: str) -> str | None:
         path = urlsplit(raw_path).path
         base = self.config.list_path.rstrip("/")
@@ -677,7 +733,39 @@ class Simulator:
         available = base + "/available"
         if self._shape.available_key is not None and path in (available, available + "/"):
             return "available"
+        pages = self._pages()
+        if pages is not None:
+            for kind in ("video", "image"):
+                prefix = f"{pages}/{kind}s/"
+                if path.startswith(prefix) and len(path) > len(prefix):
+                    return kind
         return None
+
+    def _page(self, kind: str, raw_path: str, t: float) -> _Reply:
+        """A job's page at true time `t`: 404 for a video still processing or an unknown id."""
+        pages = self._pages()
+        assert pages is not None
+        api_id = unquote(urlsplit(raw_path).path[len(f"{pages}/{kind}s/") :])
+        with self._lock:
+            job = self._world.find(api_id, t)
+        if job is None or job.truth.type != kind:
+            return _json_reply(404, NOT_FOUND_BODY)
+        truth = job.truth
+        done = t >= truth.end
+        if kind == "video" and t < truth.end + self.config.outcome_delay_s:
+            return _json_reply(404, {"error": f"Video {api_id} not found", "code": 404})
+        name, number = _outcome(self.config.seed, job.number) if done else ("GENERATING", 10)
+        page: _Json = {
+            f"{kind}_id": api_id,
+            f"{kind}_status": number,
+            f"{kind}_status_name": name,
+            f"{kind}_status_final": done,
+            "created_at": _second(truth.start),
+            "url": f"https://media.example.com/{job.token}.mp4" if name == "COMPLETED" else "",
+        }
+        if kind == "image":
+            page["updated_at"] = _second(truth.end if done else truth.start)
+        return _json_reply(200, page)
 
     def _authorized(self, authorization: str | None) -> bool:
         scheme, _, token = (authorization or "").partition(" ")
@@ -713,6 +801,8 @@ class Simulator:
             slow, fault = self._draw_fault()
             if slow:
                 self._stopping.wait(self.config.faults.slow_s)  # stop() cuts the wait short
+            if route in ("video", "image"):
+                return self._page_answer(route, path, fault)
             return self._answer(route, fault)
         finally:
             with self._lock:
@@ -732,6 +822,17 @@ class Simulator:
             if fault == "garbage":
                 return _garbage_reply(self._fault_rng, payload)
         return _json_reply(200, payload)
+
+    def _page_answer(self, kind: str, path: str, fault: str | None) -> _Reply:
+        if fault == "rate_limit":
+            return _rate_limit_reply(self.config.faults.retry_after_s)
+        reply = self._page(kind, path, self._clock())
+        with self._lock:
+            if fault == "server_error":
+                return _server_error_reply(self._fault_rng)
+            if fault == "garbage":
+                return _garbage_reply(self._fault_rng, json.loads(reply.body))
+        return reply
 
     # server lifecycle
 

@@ -25,6 +25,11 @@ Definitions (docs/stats.md has them for users):
 * Grouped by ``account`` (among other keys or not), each group also gets its account's capacity
   from /scheduler/available, over the group's targets and window (`capacity_figures`):
   ``max_jobs``, ``utilization`` and ``saturated_share``.
+* ``success_rate``: of the group's finished jobs whose outcome is known to be ``completed``,
+  ``failed`` or ``moderated`` (recorder.outcomes), the share ``completed``; None when there is
+  none. Grouped by ``outcome``, a job's group is its outcome, None for a job without one (never
+  asked, still pending, or running); the rollups know no outcomes, so every figure of such a
+  report is computed from the jobs themselves.
 """
 
 from __future__ import annotations
@@ -41,11 +46,13 @@ from recorder import missed, rollups, targets
 from recorder.clock import LATEST, to_datetime
 from recorder.dialect import Dialect
 from recorder.models import (
+    KNOWN_OUTCOMES,
     LONG_JOB_S,
     RUNNING_INDEX,
     Capacity,
     Job,
     JobStatus,
+    OutcomeKind,
     Target,
     UTCDateTime,
     latest_ok_sql,
@@ -53,12 +60,13 @@ from recorder.models import (
 )
 
 PG_WORK_MEM = "64MB"  # per sort of a report's transaction on PostgreSQL
-GROUP_KEYS = ("type", "account", "hour", "day", "service", "target")
+GROUP_KEYS = ("type", "account", "hour", "day", "service", "target", "outcome")
 TIME_KEYS = {"hour": 3600, "day": 86400}
 PERCENTILES = (50, 90, 95, 99)
 # Histogram bin edges in seconds: roughly 1-2-5 steps, readable for seconds to hours.
 HISTOGRAM_EDGES = (0, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 _FAR = 1e18  # stands for "before or after any time"
+_KNOWN_SQL = ", ".join(f"'{kind}'" for kind in KNOWN_OUTCOMES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +177,7 @@ class Group:
     longest_gap_s: float = 0.0
     histogram: list[tuple[float, float | None, int]] = field(default_factory=list)
     capacity: CapacityFigures | None = None  # grouped by account only
+    success_rate: float | None = None  # completed / known outcomes of the finished jobs
     missed_shares: float = 0.0  # the sum of its jobs' shares of the missed-jobs estimate
 
     @property
@@ -247,6 +256,10 @@ def compute(engine: Engine, query: StatsQuery) -> Report:
                 groups.add_bin(row._mapping)
         if "account" in query.by:
             groups.set_capacity(_capacity_spans(conn, sql))
+        if conn.execute(sql.any_known_outcome()).first() is not None:
+            for row in conn.execute(sql.outcomes(), sql.params()):
+                if row.known:  # without groups, an empty window's one row counts none
+                    groups.at(row._mapping).success_rate = int(row.completed) / int(row.known)
     return Report(query.since, query.until, query.by, groups.ordered())
 
 
@@ -270,7 +283,7 @@ class _Split:
         """The split of `sql`'s window."""
         since, until = sql.q.since.timestamp(), sql.q.until.timestamp()
         first, end = math.ceil(since / rollups.HOUR), math.floor(until / rollups.HOUR)
-        if first >= end:
+        if first >= end or "outcome" in sql.plain_keys:  # the rollups know no outcomes
             return _Split(None, [(since, until)], [], [])
         edges = [
             (lo, hi)
@@ -755,6 +768,8 @@ class _Sql:
             return f"{alias}.target_id"
         if key == "service":
             return f"(SELECT s.service FROM targets s WHERE s.id = {alias}.target_id)"
+        if key == "outcome":  # a job's only (never a rollup's: see _Split)
+            return f"(SELECT o.outcome FROM outcomes o WHERE o.job_id = {alias}.id)"
         return f"{alias}.{key}"
 
     def _status(self, status: JobStatus, *, indexed: bool = True) -> str:
@@ -1213,6 +1228,25 @@ class _Sql:
             FROM chosen c CROSS JOIN spans
             LEFT JOIN clipped ON clipped.target_id = c.target_id AND clipped.b0 = spans.b0
             GROUP BY c.target_id, spans.b0, spans.hi, spans.lo
+        """)
+
+    def any_known_outcome(self) -> Any:
+        """One row if any job has a known outcome (else success_rate is None everywhere, and the
+        report reads nothing more for it)."""
+        return text(f"SELECT 1 FROM outcomes WHERE outcome IN ({_KNOWN_SQL}) LIMIT 1")
+
+    def outcomes(self) -> Any:
+        """Per group, the finished jobs with a known outcome, and how many of them completed."""
+        exprs, names = self._keys("j.end_at")
+        group = f"GROUP BY {names}" if names else ""
+        return self._text(f"""
+            SELECT {exprs + ", " if exprs else ""}
+                   SUM(CASE WHEN o.outcome = '{OutcomeKind.COMPLETED}' THEN 1 ELSE 0 END)
+                       AS completed,
+                   COUNT(*) AS known
+            FROM jobs j JOIN outcomes o ON o.job_id = j.id
+            WHERE {self._finished_in_window()} AND o.outcome IN ({_KNOWN_SQL})
+            {group}
         """)
 
     def histogram(self) -> Any:

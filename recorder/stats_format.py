@@ -39,6 +39,7 @@ def group_json(group: Group, histogram: bool) -> dict[str, Any]:
         "finished": group.finished,
         "started": group.started,
         "running": group.running,
+        "success_rate": _rounded(group.success_rate),
         "duration_s": _durations(group),
         "throughput_per_hour": round(group.throughput_per_hour, 6),
         "peak_concurrency": group.peak_concurrency,
@@ -82,6 +83,7 @@ def csv_rows(report: Report) -> list[dict[str, Any]]:
         row |= {"since": window["since"], "until": window["until"]}
         row |= {"finished": nested.pop("finished"), "started": nested.pop("started")}
         row["running"] = nested.pop("running")
+        row["success_rate"] = nested.pop("success_rate")
         row |= {
             f"duration_{k}_s" if k != "count" else "duration_count": durations[k]
             for k in _DURATION_KEYS
@@ -104,6 +106,7 @@ def write_table(report: Report, out: IO[str], histogram: bool = False) -> None:
             "finished": group.finished,
             "started": group.started,
             "running": group.running,
+            "success": "" if group.success_rate is None else f"{group.success_rate:.1%}",
             "mean": human_duration(d.mean),
             "p50": human_duration(d.p50),
             "p90": human_duration(d.p90),

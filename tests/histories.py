@@ -1,11 +1,14 @@
-"""A recorded history for report tests: five busy hours with outages, a restart, two targets."""
+"""A recorded history for report tests: five busy hours with outages, a restart, two targets,
+and outcomes for most of the finished jobs."""
 
 from __future__ import annotations
 
 import random
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert, select
 
+from recorder.clock import to_datetime
+from recorder.models import Job, JobOutcome, JobStatus
 from recorder.pipeline import Pipeline
 from recorder.simulator import JobKind, ManualClock, SimConfig, Simulator
 from recorder.store import Store
@@ -43,3 +46,42 @@ def record_history(engine: Engine) -> None:
     pipeline_b = Pipeline(store, URL_B, lambda: results_b.pop(0), gap_s=90.0)
     while results_b:
         pipeline_b.poll_once()
+    add_outcomes(engine, random.Random(11))
+
+
+# What became of the finished jobs: None for no row (never asked), "pending" for a pending row.
+OUTCOME_WEIGHTS = {
+    "completed": 45,
+    "failed": 10,
+    "moderated": 5,
+    "unknown": 5,
+    "pending": 10,
+    None: 25,
+}
+
+
+def add_outcomes(engine: Engine, rng: random.Random) -> None:
+    """Outcome rows for the finished jobs, drawn with OUTCOME_WEIGHTS."""
+    kinds = list(OUTCOME_WEIGHTS)
+    weights = list(OUTCOME_WEIGHTS.values())
+    with engine.begin() as conn:
+        finished = conn.execute(
+            select(Job.id, Job.end_at).where(Job.status == JobStatus.FINISHED).order_by(Job.id)
+        ).all()
+        rows = []
+        for job in finished:
+            kind = rng.choices(kinds, weights)[0]
+            if kind is None:
+                continue
+            pending = kind == "pending"
+            rows.append(
+                {
+                    "job_id": job.id,
+                    "outcome": None if pending else kind,
+                    "attempts": 1,
+                    "next_attempt_at": job.end_at if pending else None,
+                    "checked_at": to_datetime(job.end_at.timestamp() + 5),
+                }
+            )
+        if rows:
+            conn.execute(insert(JobOutcome), rows)

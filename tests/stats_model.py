@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from recorder.missed import MISSED_AGE_S
-from recorder.models import Job, Poll, Target
+from recorder.models import Job, JobOutcome, Poll, Target
 from recorder.stats import HISTOGRAM_EDGES, TIME_KEYS
 
 PERCENTILES = (50, 90, 95, 99)
@@ -36,6 +36,12 @@ class Truth:
 
     def missed(self) -> float:
         return max(0.0, self.weight - self.seen)
+
+    outcomes: list[str | None] = field(default_factory=list)  # of the finished jobs
+
+    def success_rate(self) -> float | None:
+        known = [o for o in self.outcomes if o in ("completed", "failed", "moderated")]
+        return known.count("completed") / len(known) if known else None
 
     def percentile(self, p: int) -> float | None:
         ordered = sorted(self.durations)
@@ -66,11 +72,13 @@ class Truth:
 
 def load(engine: Engine) -> tuple[list[Any], list[Any]]:
     """Every job and every poll, as plain rows, each with its target's name (`target`) and
-    `service`."""
+    `service`; a job also with its `outcome` (None without one)."""
     labels = (Target.name.label("target"), Target.service)
     with engine.connect() as conn:
         jobs = conn.execute(
-            select(Job.__table__, *labels).join(Target, Target.id == Job.target_id)
+            select(Job.__table__, *labels, JobOutcome.outcome)
+            .join(Target, Target.id == Job.target_id)
+            .outerjoin(JobOutcome, JobOutcome.job_id == Job.id)
         ).all()
         polls = conn.execute(
             select(Poll.__table__, *labels)
@@ -114,6 +122,7 @@ def compute(
             g = group(job, end)
             g.durations.append(job.duration_s)
             g.wide += int(job.closed_across_gap)
+            g.outcomes.append(job.outcome)
         if since <= start < until:
             group(job, start).started += 1
             first = by_id[job.first_poll_id]

@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, func, or_, select
 from recorder import db, reports
 from recorder.cli import cli
 from recorder.clock import to_datetime
-from recorder.models import Job, JobStatus, Poll, Target, latest_ok_per_target
+from recorder.models import Job, JobOutcome, JobStatus, Poll, Target, latest_ok_per_target
 from recorder.output import iso
 from tests.histories import T0, URL_A, URL_B
 from tests.plans import plans
@@ -72,7 +72,7 @@ def test_each_job_names_its_target_and_service(history: tuple) -> None:
         (URL_A, "generic", "generic"),
         (URL_B, "generic-2", "generic"),
     }
-    assert list(listing[0])[-3:] == ["target", "service", "target_name"]
+    assert list(listing[0])[-4:] == ["target", "service", "target_name", "outcome"]
 
 
 ANOTHER_SPELLING_OF_B = URL_B.rstrip("/").replace("127.0.0.1", "LOCALHOST")
@@ -125,8 +125,9 @@ def test_the_table_shows_the_target_name(history: tuple) -> None:
         cli, ["--db", url, "jobs", "--format", "table", "--target", URL_B, "--limit", "3"]
     )
     header, _, *rows = result.output.splitlines()
-    assert header.split()[-1] == "target"
-    assert [row.split()[-1] for row in rows] == ["generic-2"] * 3
+    assert header.split()[-2:] == ["target", "outcome"]
+    at = header.index("target")
+    assert [row[at:].split()[0] for row in rows] == ["generic-2"] * 3
 
 
 def test_since_until_lists_the_jobs_overlapping_the_window(history: tuple) -> None:
@@ -240,10 +241,12 @@ def _statement_before(query: reports.JobQuery) -> Any:
             Target.url.label("target"),
             Target.service,
             Target.name.label("target_name"),
+            JobOutcome.outcome,
         )
         .join(Target, Target.id == Job.target_id)
         .join(first, first.id == Job.first_poll_id)
         .outerjoin(last, last.id == Job.last_poll_id)
+        .outerjoin(JobOutcome, JobOutcome.job_id == Job.id)
         .outerjoin(latest_ok, latest_ok.c.target_id == Job.target_id)
         .outerjoin(latest, latest.id == latest_ok.c.poll_id)
     )

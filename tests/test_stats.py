@@ -42,6 +42,9 @@ GROUPINGS = [
     ("target",),
     ("service", "hour"),
     ("target", "type"),
+    ("outcome",),
+    ("outcome", "hour"),
+    ("type", "outcome"),
 ]
 LABELS = {"name": "a", "service": "generic"}  # a target's, inserted behind the store's back
 
@@ -99,6 +102,7 @@ def test_json_matches_brute_force(history: tuple, window: str, by: tuple[str, ..
         assert group["finished"] == len(expected.durations)
         assert group["started"] == expected.started
         assert group["running"] == expected.running
+        assert group["success_rate"] == approx(expected.success_rate())
         durations = group["duration_s"]
         assert durations["count"] == len(expected.durations)
         assert durations["closed_across_gap"] == expected.wide
@@ -132,6 +136,15 @@ def test_the_fixture_exercises_every_figure(history: tuple) -> None:
     assert 0.3 < groups["video"]["coverage"] < 0.95
     assert groups["video"]["gaps"] >= 3
     assert groups["video"]["longest_gap_s"] >= 1500
+    assert all(0.5 < g["success_rate"] < 0.95 for g in groups.values())
+    by_outcome = json.loads(run_stats(url, since, until, ("outcome",), "json"))["groups"]
+    assert {g["outcome"] for g in by_outcome} == {
+        None,
+        "completed",
+        "failed",
+        "moderated",
+        "unknown",
+    }
 
 
 @pytest.mark.parametrize("history", ["sqlite"], indirect=True)
@@ -407,6 +420,7 @@ def assert_report_is_the_truth(
         assert group.finished == len(expected.durations), key
         assert group.started == expected.started, key
         assert group.running == expected.running, key
+        assert group.success_rate == approx(expected.success_rate()), key
         durations = group.duration
         assert durations.count == len(expected.durations), key
         assert durations.closed_across_gap == expected.wide, key

@@ -49,6 +49,8 @@ class Service:
     default_url: str  # the scheduler list URL; "" for the generic fallback
     has_available: bool  # it answers /scheduler/available beside the list
     layout: Layout = GENERIC_LAYOUT
+    # It answers what became of a job after it left the list (recorder.outcomes).
+    has_outcomes: bool = False
 
     def parse(self, body: bytes) -> Snapshot:
         """The list answer as a Snapshot; PayloadError when the body is not such a list."""

@@ -12,4 +12,5 @@ SERVICE = Service(
     default_url="https://api.useapi.net/v2/pixverse/scheduler/",
     has_available=True,
     layout=Layout(id_keys=("id", "videoId", "video_id"), id_parts=user_id_parts),
+    has_outcomes=True,  # GET /videos/{id}, /images/{id}
 )
