@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -1207,6 +1208,66 @@ def quarantine(state: State, fmt: str | None, clear: bool) -> None:
     if clear:
         deleted = clear_quarantine(engine, [row["id"] for row in rows])
         click.echo(f"cleared {deleted} quarantined poll(s)", err=True)
+
+
+@cli.command()
+@click.option(
+    "--html",
+    "html_file",
+    required=True,
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    metavar="FILE",
+    help="Write the report to FILE: one self-contained HTML page (replaced whole).",
+)
+@_window_options
+@click.option(
+    "--by",
+    type=click.Choice(("type", "account", "service", "target")),
+    help="Group the figures and charts by this key [default: every job together].",
+)
+@click.option(
+    "--target", metavar="NAME|URL", help="Only this target, by name or polled URL [default: all]."
+)
+@pass_state
+def report(
+    state: State,
+    html_file: Path,
+    since: When | None,
+    until: When | None,
+    by: str | None,
+    target: str | None,
+) -> None:
+    """Write an HTML report of a window (default: the last 24 h): the stats table, each
+    group's duration histogram, finished jobs per hour, concurrency over time with the gaps
+    in polling shaded, and the longest jobs with their bounds. The page loads nothing from
+    anywhere and needs no JavaScript; its figures are also inside it as JSON
+    (<script id="stats">), exactly what `recorder stats --format json` prints.
+
+    Example:
+
+        recorder report --html week.html --since 7d --by type
+    """
+    from recorder import html_report
+    from recorder.timespec import window
+
+    with _user_errors():
+        now = _now()
+        start, end = window(since, until, now)
+        query = html_report.ReportQuery(start, end, now, by, target)
+        page = html_report.render(state.reader(), query)
+    _write_whole(html_file, page)
+    click.echo(f"wrote {html_file} ({len(page.encode()):,} bytes)", err=True)
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file beside it: never half a file."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 @cli.group(name="db")

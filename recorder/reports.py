@@ -3,7 +3,7 @@ in quarantine (`recorder stats` has its own module, recorder.stats)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -91,8 +91,9 @@ class JobQuery:
     overdue_at: datetime | None = None  # only the running jobs overdue at this instant
 
 
-def jobs(engine: Engine, query: JobQuery = JobQuery()) -> Iterator[dict[str, Any]]:
-    """Every matching job as a dict with the JOB_FIELDS keys, streamed.
+def jobs(engine: Engine, query: JobQuery = JobQuery()) -> Generator[dict[str, Any], None, None]:
+    """Every matching job as a dict with the JOB_FIELDS keys, streamed (close the generator
+    to leave early: on PostgreSQL it reads through a server-side cursor).
 
     A --target or --service that names no target raises UnknownTarget here, before anything
     streams.
@@ -111,7 +112,7 @@ def jobs(engine: Engine, query: JobQuery = JobQuery()) -> Iterator[dict[str, Any
 
 def _only(
     rows: Iterator[dict[str, Any]], keys: set[tuple[str, str]], limit: int | None
-) -> Iterator[dict[str, Any]]:
+) -> Generator[dict[str, Any], None, None]:
     """The first `limit` of `rows` whose (target, id) is in `keys`."""
     kept = 0
     # Read to the end (the running jobs are few): a listing left early would leave its
@@ -149,17 +150,23 @@ class _TargetFilter:
     of_services: list[int] | None = None
 
 
-def _jobs(engine: Engine, query: JobQuery, chosen: _TargetFilter) -> Iterator[dict[str, Any]]:
+def _jobs(
+    engine: Engine, query: JobQuery, chosen: _TargetFilter
+) -> Generator[dict[str, Any], None, None]:
     sqlite = Dialect.of(engine).sqlite
     with engine.connect() as conn:
         by_start = sqlite and _fewer_started_than_ended(conn, query)
         stmt = _statement(query, sqlite=sqlite, by_start=by_start, chosen=chosen)
-        for row in conn.execution_options(yield_per=1000).execute(stmt):
-            job = dict(row._mapping)
-            for key in _DURATIONS:
-                if job[key] is not None:  # stored exactly; a millisecond is all that is meaningful
-                    job[key] = round(job[key], 3)
-            yield job
+        result = conn.execution_options(yield_per=1000).execute(stmt)
+        try:
+            for row in result:
+                job = dict(row._mapping)
+                for key in _DURATIONS:
+                    if job[key] is not None:  # stored exactly; a millisecond is all that matters
+                        job[key] = round(job[key], 3)
+                yield job
+        finally:
+            result.close()  # left early (the generator closed): the server-side cursor too
 
 
 def _statement(
@@ -355,6 +362,32 @@ def gaps(
                 select(Target.name).where(Target.id == targets.target_id(conn, target))
             )
     return _gaps(engine, since, until, name)
+
+
+def polled_span(
+    engine: Engine, since: datetime, until: datetime, target: str | None = None
+) -> tuple[datetime, datetime] | None:
+    """The first and the last successful poll sent in [since, until), of every target or of
+    `target`; None when there is none. Each target's are found along (target_id, sent_at)."""
+    found: list[datetime] = []
+    with engine.connect() as conn:
+        ids = (
+            [targets.target_id(conn, target)]
+            if target is not None
+            else list(conn.scalars(select(Target.id)))
+        )
+        for target_id in ids:
+            window = select(Poll.sent_at).where(
+                Poll.target_id == target_id,
+                Poll.sent_at >= since,
+                Poll.sent_at < until,
+                succeeded(),
+            )
+            for order in (Poll.sent_at.asc(), Poll.sent_at.desc()):
+                sent = conn.scalar(window.order_by(order).limit(1))
+                if sent is not None:
+                    found.append(sent)
+    return (min(found), max(found)) if found else None
 
 
 def _gaps(

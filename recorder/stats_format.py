@@ -98,10 +98,18 @@ def write_table(report: Report, out: IO[str], histogram: bool = False) -> None:
     """A human-readable table, durations like 3m57s, then histograms when asked."""
     length = human_duration((report.until - report.since).total_seconds())
     out.write(f"window: {iso(report.since)} .. {iso(report.until)} ({length})\n")
+    render(table_rows(report), "table", out)
+    if histogram:
+        for group in report.groups:
+            _write_histogram(group, out)
+
+
+def table_rows(report: Report) -> list[dict[str, Any]]:
+    """The table's rows, one per group, as people read them (the CLI's table, the HTML page's)."""
     rows = []
     for group in report.groups:
         d = group.duration
-        row = {k: _human_key(v) for k, v in group.key.items()}
+        row = {k: human_key(v) for k, v in group.key.items()}
         row |= {
             "finished": group.finished,
             "started": group.started,
@@ -125,10 +133,7 @@ def write_table(report: Report, out: IO[str], histogram: bool = False) -> None:
         if group.capacity is not None:
             row |= _capacity_cells(group.capacity)
         rows.append(row)
-    render(rows, "table", out)
-    if histogram:
-        for group in report.groups:
-            _write_histogram(group, out)
+    return rows
 
 
 def _capacity_cells(capacity: CapacityFigures) -> dict[str, Any]:
@@ -142,14 +147,15 @@ def _capacity_cells(capacity: CapacityFigures) -> dict[str, Any]:
     }
 
 
-def _human_key(value: Any) -> Any:
+def human_key(value: Any) -> Any:
+    """A group key's value as the table shows it."""
     if hasattr(value, "strftime"):
         return value.strftime("%Y-%m-%d %H:%M")
     return "(none)" if value is None else value
 
 
 def _write_histogram(group: Group, out: IO[str], width: int = 40) -> None:
-    label = ", ".join(f"{k}={_human_key(v)}" for k, v in group.key.items()) or "all jobs"
+    label = ", ".join(f"{k}={human_key(v)}" for k, v in group.key.items()) or "all jobs"
     out.write(f"\ndurations of finished jobs ({label}):\n")
     if not group.histogram:
         out.write("  (none)\n")
