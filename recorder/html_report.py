@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from contextlib import closing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from importlib.resources import files
 from typing import Any
@@ -67,7 +66,7 @@ def render(engine: Engine, query: ReportQuery) -> str:
     uncovered = gaps + _unpolled(engine, query)
     charted = sorted(report.groups, key=lambda g: -g.finished)[:MAX_CHARTED_GROUPS]
     views = [_view(g, by, buckets.get(_key(g, by), []), uncovered, since, until) for g in charted]
-    longest = _longest(engine, query)
+    longest = _longest(engine, query, sum(g.finished for g in report.groups))
     template = _environment().get_template("report.html")
     page: str = template.render(
         title=f"Job history {iso(query.since)} .. {iso(query.until)}",
@@ -78,7 +77,8 @@ def render(engine: Engine, query: ReportQuery) -> str:
         target=query.target,
         generated=iso(query.now),
         version=__version__,
-        empty=not _any_job(engine, query),
+        # No job ended or started in the window, and none ran across it (no interval in it).
+        empty=not any(g.finished or g.started or g.peak_concurrency for g in report.groups),
         coverage=_coverage(report),
         gap_count=len(gaps),
         rows=stats_format.table_rows(report),
@@ -139,7 +139,10 @@ def series(engine: Engine, query: ReportQuery) -> dict[tuple[Any, ...], list[tim
     since, until = query.since.timestamp(), query.until.timestamp()
     time_key = timeline.bucket_key(since, until)
     report = stats.compute(
-        engine, StatsQuery(query.since, query.until, query.now, (*by, time_key), query.target)
+        engine,
+        StatsQuery(
+            query.since, query.until, query.now, (*by, time_key), query.target, percentiles=False
+        ),
     )
     found: dict[tuple[Any, ...], list[timeline.Bucket]] = {}
     for group in report.groups:
@@ -217,36 +220,11 @@ def _coverage(report: Report) -> float | None:
     return report.groups[0].coverage
 
 
-def _any_job(engine: Engine, query: ReportQuery) -> bool:
-    """Whether any job (of the target) ran in the window, however briefly."""
-    overlapping = reports.JobQuery(
-        targets=(query.target,) if query.target else (), since=query.since, until=query.until
-    )
-    with closing(reports.jobs(engine, replace(overlapping, limit=1))) as listed:
-        return next(listed, None) is not None
-
-
-def _longest(engine: Engine, query: ReportQuery) -> list[dict[str, Any]]:
+def _longest(engine: Engine, query: ReportQuery, finished: int) -> list[dict[str, Any]]:
     """The longest finished jobs that ended in the window (as `recorder stats` counts them)."""
-    finished = reports.JobQuery(
-        status="finished",
-        targets=(query.target,) if query.target else (),
-        since=query.since,
-        until=query.until,
-        order="-duration",
+    return reports.longest(
+        engine, query.since, query.until, target=query.target, limit=LONGEST, finished=finished
     )
-    found = []
-    # Closed when enough are found: on PostgreSQL the listing streams through a server cursor.
-    with closing(reports.jobs(engine, finished)) as listed:
-        for job in listed:
-            ended = job["ended_at"]
-            if job["duration_s"] is None or ended is None:
-                continue
-            if query.since <= ended < query.until:
-                found.append(job)
-                if len(found) == LONGEST:
-                    break
-    return found
 
 
 def _longest_row(job: dict[str, Any]) -> dict[str, str]:

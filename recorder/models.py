@@ -81,6 +81,10 @@ NAMING_CONVENTION = {
 # bad start time must not write a row per hour since 1970); reports find these few jobs by a
 # partial index and compute the hours they span exactly.
 LONG_JOB_S = 86400
+# Duration histogram bin edges in seconds: roughly 1-2-5 steps, readable for seconds to hours.
+# Bin i holds [edge i, edge i + 1); the last, the edge 7200 and above (and a null duration).
+HISTOGRAM_EDGES = (0, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
+BIN_COLUMNS = tuple(f"bin_{index:02d}" for index in range(len(HISTOGRAM_EDGES)))
 LONG_JOB_SQLITE = f"status = 'finished' AND end_at - start_at > {LONG_JOB_S}"
 LONG_JOB_POSTGRESQL = f"status = 'finished' AND end_at - start_at > interval '{LONG_JOB_S} seconds'"
 
@@ -451,6 +455,22 @@ class RollupHourTable(Base):
     # Of those, the sum of their shares of the missed-jobs estimate (recorder.missed).
     missed: Column[float] = Column(Double, nullable=False, server_default="0")
     busy_s: Column[float] = Column(Double, nullable=False)  # their intervals' time within the hour
+    # The jobs that ended in the hour, per duration bin (HISTOGRAM_EDGES): bin_00 .. bin_14.
+    bin_00: Column[int] = Column(Integer, nullable=False, server_default="0")
+    bin_01: Column[int] = Column(Integer, nullable=False, server_default="0")
+    bin_02: Column[int] = Column(Integer, nullable=False, server_default="0")
+    bin_03: Column[int] = Column(Integer, nullable=False, server_default="0")
+    bin_04: Column[int] = Column(Integer, nullable=False, server_default="0")
+    bin_05: Column[int] = Column(Integer, nullable=False, server_default="0")
+    bin_06: Column[int] = Column(Integer, nullable=False, server_default="0")
+    bin_07: Column[int] = Column(Integer, nullable=False, server_default="0")
+    bin_08: Column[int] = Column(Integer, nullable=False, server_default="0")
+    bin_09: Column[int] = Column(Integer, nullable=False, server_default="0")
+    bin_10: Column[int] = Column(Integer, nullable=False, server_default="0")
+    bin_11: Column[int] = Column(Integer, nullable=False, server_default="0")
+    bin_12: Column[int] = Column(Integer, nullable=False, server_default="0")
+    bin_13: Column[int] = Column(Integer, nullable=False, server_default="0")
+    bin_14: Column[int] = Column(Integer, nullable=False, server_default="0")
 
     __table_args__ = (Index("ix_rollup_hours_hour", "hour"),)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select, text, union_all
+from sqlalchemy import Connection, Engine, bindparam, func, select, text, union_all
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.expression import UnaryExpression
 
@@ -23,6 +23,7 @@ from recorder.models import (
     Poll,
     Quarantine,
     Target,
+    UTCDateTime,
     failing_streak,
     has_status,
     latest_ok_id,
@@ -160,11 +161,7 @@ def _jobs(
         result = conn.execution_options(yield_per=1000).execute(stmt)
         try:
             for row in result:
-                job = dict(row._mapping)
-                for key in _DURATIONS:
-                    if job[key] is not None:  # stored exactly; a millisecond is all that matters
-                        job[key] = round(job[key], 3)
-                yield job
+                yield _rounded(dict(row._mapping))
         finally:
             result.close()  # left early (the generator closed): the server-side cursor too
 
@@ -364,6 +361,98 @@ def gaps(
     return _gaps(engine, since, until, name)
 
 
+# Above this many finished jobs in the window, the longest are found along the finished jobs'
+# (type, duration_s) index, from the longest down; below, the window's jobs are sorted.
+LONGEST_BY_INDEX_ABOVE = 50_000
+_DURATION_INDEX = "ix_jobs_finished_type_duration"
+
+
+def longest(
+    engine: Engine,
+    since: datetime,
+    until: datetime,
+    *,
+    target: str | None = None,
+    limit: int = 10,
+    finished: int = 0,
+) -> list[dict[str, Any]]:
+    """The `limit` longest finished jobs (with a duration) that ended in [since, until), of
+    every target or of `target`, longest first (then the later recorded), as `jobs` lists them.
+
+    `finished` (how many jobs ended in the window) decides how to find them: a few are read
+    along end_at and sorted; many, along each type's range of the (type, duration_s) index
+    from the longest down until `limit` of them ended in the window, so that a report over
+    years never sorts every job.
+    """
+    d = Dialect.of(engine)
+    with engine.connect() as conn:
+        target_id = targets.target_id(conn, target) if target is not None else None
+        only = "" if target_id is None else " AND j.target_id = :target_id"
+        params: dict[str, Any] = {"target_id": target_id, "n": limit}
+        window = (
+            f"j.status = '{JobStatus.FINISHED}' AND j.duration_s IS NOT NULL"
+            f" AND j.end_at >= :since AND j.end_at < :until{only}"
+        )
+        times = (
+            bindparam("since", since, type_=UTCDateTime()),
+            bindparam("until", until, type_=UTCDateTime()),
+        )
+        found: list[tuple[float, int]] = []
+        if finished <= LONGEST_BY_INDEX_ABOVE:
+            sql = f"""SELECT j.duration_s, j.id FROM jobs j WHERE {window}
+                      ORDER BY j.duration_s DESC, j.id DESC LIMIT :n"""
+            found = [(r[0], r[1]) for r in conn.execute(text(sql).bindparams(*times), params)]
+        else:
+            for kind in _finished_types(conn):
+                same = "j.type IS NULL" if kind is None else "j.type = :kind"
+                sql = f"""SELECT j.duration_s, j.id FROM jobs j{d.indexed_by(_DURATION_INDEX)}
+                          WHERE {same} AND {window}
+                          ORDER BY j.duration_s DESC, j.id DESC LIMIT :n"""
+                rows = conn.execute(text(sql).bindparams(*times), {**params, "kind": kind})
+                found += [(r[0], r[1]) for r in rows]
+        ids = [job_id for _, job_id in sorted(found, reverse=True)[:limit]]
+        if not ids:
+            return []
+        rank = {job_id: i for i, job_id in enumerate(ids)}
+        listed = [
+            _rounded(dict(row._mapping))
+            for row in conn.execute(_listing(Job.id).where(Job.id.in_(ids)))
+        ]
+    listed.sort(key=lambda job: rank[job.pop("row_id")])
+    for job in listed:
+        job.pop("sort_key")
+    return listed
+
+
+def _finished_types(conn: Connection) -> list[str | None]:
+    """The types of the finished jobs: a skip along their (type, duration_s) index, one seek
+    per type (and one for jobs without a type), not a read of every job."""
+    finished = f"status = '{JobStatus.FINISHED}'"
+    kinds: list[str | None] = list(
+        conn.scalars(
+            text(f"""
+                WITH RECURSIVE kinds(t) AS (
+                    SELECT MIN(type) FROM jobs WHERE {finished}
+                    UNION ALL
+                    SELECT (SELECT MIN(type) FROM jobs WHERE {finished} AND type > kinds.t)
+                    FROM kinds WHERE kinds.t IS NOT NULL
+                )
+                SELECT t FROM kinds WHERE t IS NOT NULL
+            """)
+        )
+    )
+    if conn.scalar(text(f"SELECT 1 FROM jobs WHERE {finished} AND type IS NULL LIMIT 1")):
+        kinds.append(None)
+    return kinds
+
+
+def _rounded(job: dict[str, Any]) -> dict[str, Any]:
+    for key in _DURATIONS:
+        if job[key] is not None:  # stored exactly; a millisecond is all that matters
+            job[key] = round(job[key], 3)
+    return job
+
+
 def polled_span(
     engine: Engine, since: datetime, until: datetime, target: str | None = None
 ) -> tuple[datetime, datetime] | None:
@@ -554,7 +643,8 @@ def status_table_row(row: dict[str, Any]) -> dict[str, Any]:
         "failing_polls": row["failing_polls"],
         "running_jobs": row["running_jobs"],
         "overdue": row["overdue"],
-        "clock_offset": "" if offset is None else f"{offset:+.1f}s",
+        # + 0.0: a -0.04 s offset shows as +0.0s, not -0.0s
+        "clock_offset": "" if offset is None else f"{round(offset, 1) + 0.0:+.1f}s",
         "quarantined": row["quarantined"],
         "recorded_by": row["recorded_by"],
         "last_error": row["last_error"],

@@ -38,6 +38,8 @@ from recorder.clock import LATEST, to_datetime
 from recorder.dialect import Dialect
 from recorder.missed import contribution_sql, previous_poll_join
 from recorder.models import (
+    BIN_COLUMNS,
+    HISTOGRAM_EDGES,
     LONG_JOB_POSTGRESQL,
     LONG_JOB_S,
     LONG_JOB_SQLITE,
@@ -67,6 +69,16 @@ class Finished:
     wide: bool
     long: bool  # longer than LONG_JOB_S: out of the concurrency rollups
     missed: float = 0.0  # its share of the missed-jobs estimate (recorder.missed)
+
+
+def bin_of(duration: float | None) -> int:
+    """The histogram bin of a duration (HISTOGRAM_EDGES; stats' SQL CASE, in Python): a
+    null duration is counted in the last bin, as SQL's comparisons with null fall through."""
+    if duration is not None:
+        for index, edge in enumerate(HISTOGRAM_EDGES[1:]):
+            if duration < edge:
+                return index
+    return len(HISTOGRAM_EDGES) - 1
 
 
 def hour_of(t: float) -> int:
@@ -217,6 +229,7 @@ def _add_sums(conn: Connection, added: dict[SumKey, dict[str, Any]]) -> None:
                 "missed": old.missed + row["missed"],
                 "busy_s": old.busy_s + row["busy_s"],
             }
+            | {column: getattr(old, column) + row[column] for column in BIN_COLUMNS}
         )
     if inserts:
         conn.execute(insert(RollupHour), inserts)
@@ -410,7 +423,7 @@ def sums(jobs: Iterable[Finished], first: int, last: int) -> dict[SumKey, dict[s
                 "started": 0,
                 "missed": 0.0,
                 "busy_s": 0.0,
-            }
+            } | dict.fromkeys(BIN_COLUMNS, 0)
         return found[key]
 
     for job in jobs:
@@ -419,6 +432,7 @@ def sums(jobs: Iterable[Finished], first: int, last: int) -> dict[SumKey, dict[s
             counted = row(job, end_hour)
             counted["finished"] += 1
             counted["wide"] += int(job.wide)
+            counted[BIN_COLUMNS[bin_of(job.duration)]] += 1
             if job.duration is not None:
                 counted["timed"] += 1
                 counted["duration_sum"] += job.duration

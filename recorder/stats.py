@@ -46,6 +46,8 @@ from recorder import missed, rollups, targets
 from recorder.clock import LATEST, to_datetime
 from recorder.dialect import Dialect
 from recorder.models import (
+    BIN_COLUMNS,
+    HISTOGRAM_EDGES,
     KNOWN_OUTCOMES,
     LONG_JOB_S,
     RUNNING_INDEX,
@@ -63,8 +65,6 @@ PG_WORK_MEM = "64MB"  # per sort of a report's transaction on PostgreSQL
 GROUP_KEYS = ("type", "account", "hour", "day", "service", "target", "outcome")
 TIME_KEYS = {"hour": 3600, "day": 86400}
 PERCENTILES = (50, 90, 95, 99)
-# Histogram bin edges in seconds: roughly 1-2-5 steps, readable for seconds to hours.
-HISTOGRAM_EDGES = (0, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 _FAR = 1e18  # stands for "before or after any time"
 _KNOWN_SQL = ", ".join(f"'{kind}'" for kind in KNOWN_OUTCOMES)
 
@@ -79,6 +79,9 @@ class StatsQuery:
     by: tuple[str, ...] = ()
     target: str | None = None
     histogram: bool = False
+    # False: no duration percentiles (None), for the time series of recorder.html_report,
+    # which need counts only: no ranking sort of the window's durations.
+    percentiles: bool = True
 
 
 @dataclass(slots=True)
@@ -230,7 +233,8 @@ def compute(engine: Engine, query: StatsQuery) -> Report:
         sql.covering = _covers_every_job(conn, query)
         split = _Split.of(conn, sql)
         groups = _Groups(query, labels)
-        for found in _durations(conn, sql, split):
+        durations = _durations if query.percentiles else _duration_sums
+        for found in durations(conn, sql, split):
             groups.fill_durations(found)
         for part, params in _parts(sql, split.edges):
             for row in conn.execute(part.started(), params):
@@ -252,8 +256,7 @@ def compute(engine: Engine, query: StatsQuery) -> Report:
         _concurrency(conn, sql, split, groups)
         groups.set_coverage(list(conn.execute(sql.coverage(), sql.params())))
         if query.histogram:
-            for row in conn.execute(sql.histogram(), sql.params()):
-                groups.add_bin(row._mapping)
+            _histograms(conn, sql, split, groups)
         if "account" in query.by:
             groups.set_capacity(_capacity_spans(conn, sql))
         if conn.execute(sql.any_known_outcome()).first() is not None:
@@ -489,6 +492,51 @@ def _durations(conn: Connection, sql: _Sql, split: _Split) -> Iterator[Mapping[s
     }
 
 
+def _histograms(conn: Connection, sql: _Sql, split: _Split, groups: _Groups) -> None:
+    """Every group's duration histogram: whole hours from the rollups' bins, the window's
+    edges (or the whole window, with no whole hour) from the jobs."""
+    parts = list(_parts(sql, split.edges))
+    if split.hours is not None:
+        for row in conn.execute(sql.rollup_bins(), sql.hour_params(split.hours)):
+            for index, column in enumerate(BIN_COLUMNS):
+                n = int(row._mapping[column] or 0)
+                if n:
+                    groups.add_bin({**row._mapping, "bin": index, "n": n})
+    else:
+        parts = [(sql, sql.params())]
+    for part, params in parts:
+        for row in conn.execute(part.histogram(), params):
+            groups.add_bin(row._mapping)
+
+
+def _duration_sums(conn: Connection, sql: _Sql, split: _Split) -> Iterator[Mapping[str, Any]]:
+    """Every group's duration figures but the percentiles (None): whole hours from the
+    rollups, the window's edges by one aggregate each, no sort."""
+    names = [f"k_{k}" for k in sql.plain_keys] + (["b0"] if sql.time_key is not None else [])
+    per_group: dict[tuple[Any, ...], dict[str, Any]] = {}
+    found = [(sql.rollup_counts(), sql.hour_params(split.hours))] if split.hours else []
+    found += [(part.duration_sums(), params) for part, params in _parts(sql, split.edges)]
+    for query, params in found:
+        for part in conn.execute(query, params):
+            row = part._mapping
+            key = tuple(float(row[n]) if n == "b0" else row[n] for n in names)
+            into = per_group.setdefault(
+                key,
+                {n: row[n] for n in names}
+                | {"n": 0, "timed": 0, "total": 0.0, "max": None, "wide": 0},
+            )
+            into["n"] += int(row["n"] or 0)
+            into["timed"] += int(row["timed"] or 0)
+            into["total"] += float(row["total"] or 0.0)
+            into["wide"] += int(row["wide"] or 0)
+            if row["max"] is not None:
+                into["max"] = row["max"] if into["max"] is None else max(into["max"], row["max"])
+    for into in per_group.values():
+        if into["n"] > 0:
+            mean = into["total"] / into["timed"] if into["timed"] else None
+            yield into | {"mean": mean} | {f"p{p}": None for p in PERCENTILES}
+
+
 def _durations_by_day(conn: Connection, sql: _Sql) -> Iterator[Mapping[str, Any]]:
     """Per UTC day: the days whose finished jobs all ended in the window from the rollups and
     the ``(end day, duration_s)`` index, the other partial days by a sort of their own jobs.
@@ -677,10 +725,16 @@ class _Groups:
         }
 
     def add_bin(self, row: Mapping[Any, Any]) -> None:
+        """Add `n` jobs to bin `bin` of the row's group (from the rollups or the jobs)."""
         group = self.at(row)
-        index = int(row["bin"])
+        index, n = int(row["bin"]), int(row["n"])
+        lower = float(HISTOGRAM_EDGES[index])
         upper = HISTOGRAM_EDGES[index + 1] if index + 1 < len(HISTOGRAM_EDGES) else None
-        group.histogram.append((float(HISTOGRAM_EDGES[index]), upper, int(row["n"])))
+        for at, (lo, hi, count) in enumerate(group.histogram):
+            if lo == lower:
+                group.histogram[at] = (lo, hi, count + n)
+                return
+        group.histogram.append((lower, upper, n))
 
     def ordered(self) -> list[Group]:
         """Every group in key order, with its coverage filled in."""
@@ -846,6 +900,18 @@ class _Sql:
             FROM jobs j
             WHERE {self._finished_in_window()}
             GROUP BY j.type
+        """)
+
+    def duration_sums(self) -> Any:
+        """The duration figures but the percentiles, per group (no ranking)."""
+        exprs, names = self._keys("j.end_at")
+        return self._text(f"""
+            SELECT {exprs + ", " if exprs else ""}COUNT(*) AS n, COUNT(j.duration_s) AS timed,
+                   SUM(j.duration_s) AS total, MAX(j.duration_s) AS max,
+                   SUM(CASE WHEN j.closed_across_gap THEN 1 ELSE 0 END) AS wide
+            FROM jobs j
+            WHERE {self._finished_in_window()}
+            {f"GROUP BY {names}" if names else ""}
         """)
 
     def ended_elsewhere_that_day(self, conn: Connection, day: int, lo: float, hi: float) -> bool:
@@ -1016,6 +1082,12 @@ class _Sql:
             FROM rollup_hours r WHERE {where}
             {group}{", r.type" if group else "GROUP BY r.type"}
         """)
+
+    def rollup_bins(self) -> Any:
+        """The finished jobs of whole hours per duration bin, per group: from rollup_hours."""
+        keys, where, group = self._rollup("r", 1)
+        sums = ", ".join(f"SUM(r.{column}) AS {column}" for column in BIN_COLUMNS)
+        return text(f"SELECT {keys}{sums} FROM rollup_hours r WHERE {where} {group}")
 
     def rollup_busy(self, ranges: int) -> Any:
         """The finished jobs' total time in flight in whole hours, per group."""

@@ -25,7 +25,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,7 @@ class Rendered:
     screenshot: bytes  # PNG of the viewport (of the whole page with full_page=True)
     text: dict[str, str]  # selector -> textContent, for the selectors that matched
     title: str
+    values: dict[str, Any] = field(default_factory=dict)  # expression -> its JSON value
 
 
 def chromium() -> str:
@@ -118,12 +119,14 @@ def render(
     media: str | None = None,
     selectors: Sequence[str] = ("#stats",),
     full_page: bool = False,
+    expressions: Sequence[str] = (),
     timeout_s: float = DEADLINE_S,
 ) -> Rendered:
     """Load `path` in headless Chromium and report what it did and showed.
 
     `dark` emulates prefers-color-scheme: dark (else light); `media` ("print", "screen")
-    emulates a CSS media type. The page is loaded once its load event has fired and two
+    emulates a CSS media type; each of `expressions` is evaluated in the page, its value
+    returned in `values`. The page is loaded once its load event has fired and two
     animation frames have passed. `timeout_s` bounds the whole call.
     """
     deadline = time.monotonic() + timeout_s
@@ -173,6 +176,7 @@ def render(
             if found is not None:
                 text[selector] = found
         title = cdp.evaluate("document.title")
+        values = {expression: cdp.evaluate(expression) for expression in expressions}
         if full_page:
             # Clipped to the content: captureBeyondViewport alone still shoots the viewport.
             size = cdp.call("Page.getLayoutMetrics")["cssContentSize"]
@@ -190,6 +194,7 @@ def render(
             screenshot=base64.b64decode(shot["data"]),
             text=text,
             title=str(title),
+            values=values,
         )
 
 

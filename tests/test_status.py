@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, select
 
+from recorder import reports
 from recorder.cli import cli
 from recorder.models import Poll, latest_ok_id
 from recorder.pipeline import Pipeline
@@ -115,3 +116,23 @@ def test_a_target_never_polled_successfully_has_no_age_and_no_offset(
     )
     _, table, _, _ = status(db_url, "table")
     assert " never " in table
+
+
+@pytest.mark.parametrize(
+    ("offset", "shown"), [(-0.049, "+0.0s"), (0.0, "+0.0s"), (-0.05, "-0.1s"), (2.46, "+2.5s")]
+)
+def test_the_table_shows_the_offset_signed_never_as_minus_zero(offset: float, shown: str) -> None:
+    row = {
+        "name": "t",
+        "service": "pixverse",
+        "healthy": True,
+        "last_ok_age_s": 1.0,
+        "failing_polls": 0,
+        "running_jobs": 0,
+        "overdue": 0,
+        "clock_offset_s": offset,
+        "quarantined": 0,
+        "recorded_by": None,
+        "last_error": None,
+    }
+    assert reports.status_table_row(row)["clock_offset"] == shown
