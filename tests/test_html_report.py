@@ -3,6 +3,8 @@ window reads as such, hostile text stays text, and the page asks nothing of anyo
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import math
 import re
@@ -15,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import text, update
 
-from recorder import db, html_report, rollups, stats, timeline
+from recorder import db, html_report, reports, rollups, stats, timeline
 from recorder.cli import cli
 from recorder.clock import to_datetime
 from recorder.models import Job
@@ -185,7 +187,7 @@ def test_merging_keeps_every_job_once(buckets: list[timeline.Bucket], points: in
     assert sum(b.finished for b in merged) == sum(b.finished for b in buckets)
     assert max(b.peak for b in merged) == max(b.peak for b in buckets)
     assert merged[0].lo == buckets[0].lo and merged[-1].hi == buckets[-1].hi
-    assert all(a.hi == b.lo for a, b in zip(merged, merged[1:], strict=False))  # no gap, no overlap
+    assert all(a.hi == b.lo for a, b in itertools.pairwise(merged))  # no gap, no overlap
     busy = sum(b.mean * (b.hi - b.lo) for b in buckets)
     assert sum(b.mean * (b.hi - b.lo) for b in merged) == pytest.approx(busy, rel=1e-9, abs=1e-6)
     if len(buckets) <= points:
@@ -200,7 +202,7 @@ def test_the_grid_tiles_the_window(since_ms: int, length_ms: int, size: int) -> 
         assert spans == []
         return
     assert spans[0][0] == since and spans[-1][1] == since + length
-    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
     assert all(math.floor(lo / size) == math.ceil(hi / size) - 1 for lo, hi in spans)
 
 
@@ -260,3 +262,52 @@ def test_a_long_busy_history_stays_small(db_url: str, tmp_path: Path) -> None:
     charted = page.count(": jobs in flight at once</title>")
     assert charted == html_report.MAX_CHARTED_GROUPS
     assert f"{20 - charted} more group(s)" in page
+
+
+@pytest.mark.parametrize("by", [(), ("type",), ("account", "day"), ("target", "hour")])
+def test_stats_without_percentiles_has_every_other_figure(
+    history: tuple[str, list[Any], list[Any]], by: tuple[str, ...]
+) -> None:
+    """The report's time series skip the percentiles' sort: every other figure is the same."""
+    engine = db.create(history[0])
+    for since, until in (WINDOW, (T0 + 1234.5, T0 + 4 * HOUR + 17)):
+        query = stats.StatsQuery(to_datetime(since), to_datetime(until), to_datetime(T0), by)
+        full = stats.compute(engine, query)
+        counts = stats.compute(engine, dataclasses.replace(query, percentiles=False))
+        assert [g.key for g in counts.groups] == [g.key for g in full.groups]
+        for a, b in zip(counts.groups, full.groups, strict=True):
+            assert (a.duration.p50, a.duration.p99) == (None, None)
+            plain = dataclasses.replace(b.duration, p50=None, p90=None, p95=None, p99=None)
+            assert a.duration.count == plain.count and a.duration.max == plain.max
+            assert a.duration.mean == pytest.approx(plain.mean)
+            assert a.duration.closed_across_gap == plain.closed_across_gap
+            assert (a.finished, a.started, a.peak_concurrency) == (
+                b.finished,
+                b.started,
+                b.peak_concurrency,
+            )
+            assert a.mean_concurrency == pytest.approx(b.mean_concurrency)
+    engine.dispose()
+
+
+@pytest.mark.parametrize("finished", [0, 10**9])  # sorted from the window, or by the index
+def test_the_longest_jobs_are_those_of_the_window(
+    history: tuple[str, list[Any], list[Any]], finished: int
+) -> None:
+    engine = db.create(history[0])
+    for since, until in (WINDOW, (T0 + 3600, T0 + 2 * 3600)):
+        got = reports.longest(
+            engine, to_datetime(since), to_datetime(until), limit=7, finished=finished
+        )
+        every = [
+            j
+            for j in reports.jobs(engine, reports.JobQuery(status="finished"))
+            if j["duration_s"] is not None and since <= j["ended_at"].timestamp() < until
+        ]
+        assert len(every) > 7
+        assert [j["duration_s"] for j in got] == sorted(
+            (j["duration_s"] for j in every), reverse=True
+        )[:7]
+        assert {j["id"] for j in got} <= {j["id"] for j in every}
+        assert set(got[0]) == set(every[0])  # the same fields as recorder jobs lists
+    engine.dispose()
