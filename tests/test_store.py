@@ -91,6 +91,7 @@ def test_a_poll_with_1000_jobs_in_flight_and_no_change_writes_one_row(
         "rollup_hours": 0,
         "rollup_peaks": 0,
         "capacity": 0,
+        "outcomes": 0,
     }
     assert sum(after_third.values()) - sum(after_second.values()) == 1
 
