@@ -462,16 +462,8 @@ def _durations(conn: Connection, sql: _Sql, split: _Split) -> Iterator[Mapping[s
     found += [(part.durations_by_type(), params) for part, params in _parts(sql, split.edges)]
     for query, params in found:
         for part in conn.execute(query, params):
-            into = per_type.setdefault(
-                part.k_type,
-                {"k_type": part.k_type, "n": 0, "timed": 0, "total": 0.0, "max": None, "wide": 0},
-            )
-            into["n"] += int(part.n or 0)
-            into["timed"] += int(part.timed or 0)
-            into["total"] += float(part.total or 0.0)
-            into["wide"] += int(part.wide or 0)
-            if part.max is not None:
-                into["max"] = part.max if into["max"] is None else max(into["max"], part.max)
+            into = per_type.setdefault(part.k_type, {"k_type": part.k_type} | _no_durations())
+            _add_durations(into, part._mapping)
     counted = [row for row in per_type.values() if row["n"] > 0]
     for row in counted:
         row["mean"] = row["total"] / row["timed"] if row["timed"] else None
@@ -509,6 +501,21 @@ def _histograms(conn: Connection, sql: _Sql, split: _Split, groups: _Groups) -> 
             groups.add_bin(row._mapping)
 
 
+def _no_durations() -> dict[str, Any]:
+    """Duration sums of no job, to add parts' sums to (`_add_durations`)."""
+    return {"n": 0, "timed": 0, "total": 0.0, "max": None, "wide": 0}
+
+
+def _add_durations(into: dict[str, Any], part: Mapping[Any, Any]) -> None:
+    """Add a part's duration sums (n, timed, total, max, wide: a rollup's or an aggregate's)."""
+    into["n"] += int(part["n"] or 0)
+    into["timed"] += int(part["timed"] or 0)
+    into["total"] += float(part["total"] or 0.0)
+    into["wide"] += int(part["wide"] or 0)
+    if part["max"] is not None:
+        into["max"] = part["max"] if into["max"] is None else max(into["max"], part["max"])
+
+
 def _duration_sums(conn: Connection, sql: _Sql, split: _Split) -> Iterator[Mapping[str, Any]]:
     """Every group's duration figures but the percentiles (None): whole hours from the
     rollups, the window's edges by one aggregate each, no sort."""
@@ -520,17 +527,8 @@ def _duration_sums(conn: Connection, sql: _Sql, split: _Split) -> Iterator[Mappi
         for part in conn.execute(query, params):
             row = part._mapping
             key = tuple(float(row[n]) if n == "b0" else row[n] for n in names)
-            into = per_group.setdefault(
-                key,
-                {n: row[n] for n in names}
-                | {"n": 0, "timed": 0, "total": 0.0, "max": None, "wide": 0},
-            )
-            into["n"] += int(row["n"] or 0)
-            into["timed"] += int(row["timed"] or 0)
-            into["total"] += float(row["total"] or 0.0)
-            into["wide"] += int(row["wide"] or 0)
-            if row["max"] is not None:
-                into["max"] = row["max"] if into["max"] is None else max(into["max"], row["max"])
+            into = per_group.setdefault(key, {n: row[n] for n in names} | _no_durations())
+            _add_durations(into, row)
     for into in per_group.values():
         if into["n"] > 0:
             mean = into["total"] / into["timed"] if into["timed"] else None
@@ -562,20 +560,12 @@ def _durations_by_day(conn: Connection, sql: _Sql) -> Iterator[Mapping[str, Any]
         assert len(whole) == hi - lo  # the partial days border the whole ones
         per_day: dict[float, dict[str, Any]] = {}
         for part in conn.execute(sql.rollup_counts(), sql.hour_params((lo * 24, hi * 24))):
-            into = per_day.setdefault(
-                float(part.b0), {"b0": part.b0, "n": 0, "timed": 0, "total": 0.0, "wide": 0}
-            )
-            into["n"] += int(part.n or 0)
-            into["timed"] += int(part.timed or 0)
-            into["total"] += float(part.total or 0.0)
-            into["wide"] += int(part.wide or 0)
-            if part.max is not None:
-                into["max"] = max(into.get("max", part.max), part.max)
+            into = per_day.setdefault(float(part.b0), {"b0": part.b0} | _no_durations())
+            _add_durations(into, part._mapping)
         for b0, row in per_day.items():
             if row["n"] == 0:
                 continue
             row["mean"] = row["total"] / row["timed"] if row["timed"] else None
-            row.setdefault("max", None)
             yield {**row, **_seek_day_percentiles(conn, sql, round(b0 / day), row["n"])}
     for part_sql, params in _parts(sql, ((lo, hi) for _, lo, hi in edges)):
         for ranked in conn.execute(part_sql.durations(), params):
